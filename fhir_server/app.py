@@ -1,0 +1,93 @@
+"""The ASGI application: opens the store, seeds it, mounts the routes, renders every error."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+
+from fhir_server import errors
+from fhir_server.api.formats import JSON, negotiate, render
+from fhir_server.api.routes import router
+from fhir_server.config import Settings
+from fhir_server.loader import load_paths
+from fhir_server.store import build_store
+from fhir_server.store.base import Store
+
+log = logging.getLogger("fhir_server")
+
+# Starlette's own errors (no route, wrong method) mapped to OperationOutcome issue codes.
+_HTTP_CODES = {404: "not-found", 405: "not-supported"}
+
+
+def _outcome_response(request: Request, error: errors.FhirError) -> Response:
+    try:
+        fmt = negotiate(request)
+    except errors.FhirError:
+        fmt = JSON
+    return Response(render(error.outcome(), fmt), error.status, error.headers, media_type=fmt)
+
+
+async def _fhir_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, errors.FhirError)
+    return _outcome_response(request, exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    status = exc.status_code
+    if status == 404:
+        text = f"No FHIR endpoint at {request.url.path}"
+    elif status == 405:
+        text = f"{request.method} is not supported on {request.url.path}"
+    else:
+        text = str(exc.detail or HTTPStatus(status).phrase)
+    issue = errors.Issue(_HTTP_CODES.get(status, "processing"), text)
+    return _outcome_response(request, errors.FhirError([issue], status, dict(exc.headers or {})))
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    return _outcome_response(request, errors.bad_request(f"Malformed request: {exc}"))
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("Unexpected error on %s %s", request.method, request.url.path)
+    issue = errors.Issue("exception", "Internal server error; it has been logged")
+    return _outcome_response(request, errors.FhirError([issue], 500))
+
+
+async def seed(store: Store, settings: Settings) -> None:
+    if settings.seed and settings.seed_dir.is_dir() and await store.is_empty():
+        summary = await load_paths(store, settings, [settings.seed_dir])
+        log.info("Seeded the empty database from %s: %s", settings.seed_dir, summary)
+
+
+def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
+    """The server. `store` may be given already built (tests); it is opened and closed here."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.store = store or build_store(settings)
+        await app.state.store.open()
+        try:
+            await seed(app.state.store, settings)
+            yield
+        finally:
+            await app.state.store.close()
+
+    app = FastAPI(
+        title="fhir-server", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
+    app.state.settings = settings
+    app.include_router(router)
+    app.add_exception_handler(errors.FhirError, _fhir_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected)
+    return app

@@ -1,0 +1,91 @@
+"""The `fhir-server` command: serve, load."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fhir_server.config import Settings
+
+app = typer.Typer(help="FHIR R4 server.", no_args_is_help=True, add_completion=False)
+console = Console(stderr=True)
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Directory of the embedded SQLite database [./fhir-data]"),
+]
+MongoUrl = Annotated[
+    str | None, typer.Option("--mongodb-url", help="Use MongoDB at this URL instead of SQLite")
+]
+
+
+def settings_from(data_dir: Path | None, mongodb_url: str | None, **more: object) -> Settings:
+    """Settings from the environment, overridden by the options given on the command line."""
+    overrides = {"data_dir": data_dir, "mongodb_url": mongodb_url, **more}
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8080,
+    data_dir: DataDir = None,
+    mongodb_url: MongoUrl = None,
+    no_seed: Annotated[bool, typer.Option("--no-seed", help="Do not load seed_data/")] = False,
+) -> None:
+    """Run the server; the FHIR base URL is http://HOST:PORT/fhir."""
+    import uvicorn
+
+    from fhir_server.app import create_app
+
+    settings = settings_from(data_dir, mongodb_url, seed=False if no_seed else None)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    engine = f"MongoDB ({settings.mongodb_db})" if settings.mongodb_url else (
+        f"SQLite ({settings.data_dir / 'fhir.sqlite'})"
+    )
+    console.print(f"FHIR base URL: http://{host}:{port}/fhir — storage: {engine}")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+@app.command()
+def load(
+    paths: Annotated[list[Path], typer.Argument(help="JSON, Bundle or NDJSON files, or folders")],
+    data_dir: DataDir = None,
+    mongodb_url: MongoUrl = None,
+) -> None:
+    """Load resources into the database (works while the server runs)."""
+    from fhir_server.loader import files, items, load_paths
+    from fhir_server.store import build_store
+
+    settings = settings_from(data_dir, mongodb_url)
+    total = sum(1 for path in files(paths) if path.is_file() for _ in items(path))
+
+    async def run() -> int:
+        store = build_store(settings)
+        await store.open()
+        try:
+            columns = (TextColumn("loading"), BarColumn(), MofNCompleteColumn(),
+                       TimeElapsedColumn())
+            with Progress(*columns, console=console) as bar:
+                task = bar.add_task("load", total=total)
+                summary = await load_paths(
+                    store, settings, paths, lambda _: bar.advance(task)
+                )
+        finally:
+            await store.close()
+        for failure in summary.failures:
+            console.print(f"[red]failed[/red] {failure}")
+        console.print(f"Done: {summary}")
+        return 1 if summary.failed else 0
+
+    raise typer.Exit(asyncio.run(run()))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,28 @@
+"""Server settings: one object, read from arguments or `FHIR_SERVER_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FHIR_SERVER_", extra="ignore")
+
+    data_dir: Path = Path("fhir-data")
+    """Where the embedded SQLite engine keeps its database (ignored with MongoDB)."""
+    mongodb_url: str | None = None
+    """When set, MongoDB is the storage engine."""
+    mongodb_db: str = "fhir"
+    seed: bool = True
+    """Load `seed_dir` into an empty database at start-up."""
+    seed_dir: Path = PROJECT_ROOT / "seed_data"
+    base_url: str | None = None
+    """Public FHIR base URL (behind a proxy); default: derived from each request."""
+    max_body_bytes: int = 64 * 1024 * 1024
+    """Larger request bodies are refused with 413."""
+    history_default_count: int = 50
+    history_max_count: int = 1000

@@ -1,0 +1,104 @@
+"""FHIR date/time values as UTC ranges, and the server's own instants.
+
+A FHIR date or dateTime denotes a range as wide as its precision (`2024` is the whole year);
+`parse_range` returns [start, end). Values without a timezone are taken as UTC. Stored instants
+(`meta.lastUpdated`) are fixed-width UTC strings, so comparing them as text compares times.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from datetime import UTC, datetime, timedelta, timezone
+from email.utils import format_datetime, parsedate_to_datetime
+
+INSTANT_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+_DATE_TIME = re.compile(
+    r"(?P<year>\d{4})(?:-(?P<month>\d{2})(?:-(?P<day>\d{2})"
+    r"(?:T(?P<hour>\d{2}):(?P<minute>\d{2})(?::(?P<second>\d{2})(?:\.(?P<fraction>\d+))?)?"
+    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?"
+)
+
+
+def format_instant(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime(INSTANT_FORMAT)
+
+
+def parse_instant(text: str) -> datetime:
+    return datetime.strptime(text, INSTANT_FORMAT).replace(tzinfo=UTC)
+
+
+def _add_months(moment: datetime, months: int) -> datetime:
+    month = moment.month - 1 + months
+    return moment.replace(year=moment.year + month // 12, month=month % 12 + 1)
+
+
+def parse_range(text: str) -> tuple[datetime, datetime]:
+    """[start, end) in UTC of a FHIR date, dateTime or instant; ValueError if malformed."""
+    m = _DATE_TIME.fullmatch(text)
+    if not m:
+        raise ValueError(f"'{text}' is not a FHIR date, dateTime or instant")
+    g = m.groupdict()
+    tz = UTC
+    if g["tz"] and g["tz"] != "Z":
+        sign = 1 if g["tz"][0] == "+" else -1
+        hours, minutes = int(g["tz"][1:3]), int(g["tz"][4:6])
+        tz = timezone(sign * timedelta(hours=hours, minutes=minutes))
+    fraction = g["fraction"] or ""
+    start = datetime(
+        int(g["year"]),
+        int(g["month"] or 1),
+        int(g["day"] or 1),
+        int(g["hour"] or 0),
+        int(g["minute"] or 0),
+        int(g["second"] or 0),
+        int((fraction + "000000")[:6]),
+        tzinfo=tz,
+    )
+    if g["month"] is None:
+        end = start.replace(year=start.year + 1)
+    elif g["day"] is None:
+        end = _add_months(start, 1)
+    elif g["hour"] is None:
+        end = start + timedelta(days=1)
+    elif g["second"] is None:
+        end = start + timedelta(minutes=1)
+    else:
+        end = start + timedelta(microseconds=10 ** (6 - min(len(fraction), 6)))
+    return start.astimezone(UTC), end.astimezone(UTC)
+
+
+def http_date(instant: str) -> str:
+    return format_datetime(parse_instant(instant), usegmt=True)
+
+
+def parse_http_date(text: str) -> datetime | None:
+    try:
+        moment = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class Clock:
+    """Hands out strictly increasing instants within this process.
+
+    A resource's versions must have increasing lastUpdated even when written within the same
+    microsecond, and across processes (the CLI writing while the server runs) we also step past
+    the previous version's instant.
+    """
+
+    def __init__(self) -> None:
+        self._last = datetime.min.replace(tzinfo=UTC)
+        self._lock = threading.Lock()
+
+    def next(self, after: str | None = None) -> str:
+        with self._lock:
+            moment = max(datetime.now(UTC), self._last + timedelta(microseconds=1))
+            if after is not None:
+                moment = max(moment, parse_instant(after) + timedelta(microseconds=1))
+            self._last = moment
+        return format_instant(moment)
+
+
+clock = Clock()

@@ -1,0 +1,1 @@
+"""Wire formats besides FHIR JSON (which orjson handles directly)."""

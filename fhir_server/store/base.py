@@ -1,0 +1,146 @@
+"""The narrow storage interface both engines implement.
+
+Engines know nothing of FHIR semantics: they keep versions of JSON documents keyed by
+(type, id, version), the current copy of each, and a history ordered by time. The interaction
+layer decides version numbers and timestamps; an engine only guarantees that a version is
+written atomically with the current copy, and that `put` fails with `VersionConflict` when
+another writer got there first (compare-and-set on the version number).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """One stored version of a resource, or the tombstone a delete leaves (`body is None`).
+
+    `last_updated` is a FHIR instant in UTC with a fixed width
+    (`YYYY-MM-DDTHH:MM:SS.ffffffZ`), so comparing the strings compares the times. `body` is the
+    serialized resource with `meta.versionId`/`meta.lastUpdated` already set, so reads can send
+    it as it is, without parsing.
+    """
+
+    type: str
+    id: str
+    version: int
+    last_updated: str
+    method: str
+    body: bytes | None
+
+    @property
+    def deleted(self) -> bool:
+        return self.body is None
+
+    def resource(self) -> dict[str, Any]:
+        if self.body is None:
+            raise ValueError(f"{self.type}/{self.id} version {self.version} is a deletion")
+        return orjson.loads(self.body)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryCursor:
+    """Keyset position in a history listing: everything strictly older than this entry."""
+
+    last_updated: str
+    type: str
+    id: str
+
+    def encode(self) -> str:
+        return f"{self.last_updated}|{self.type}|{self.id}"
+
+    @classmethod
+    def decode(cls, text: str) -> HistoryCursor:
+        parts = text.split("|")
+        if len(parts) != 3 or not all(parts):
+            raise ValueError(f"not a history cursor: {text!r}")
+        return cls(*parts)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryQuery:
+    """Which versions a history listing returns, newest first.
+
+    - `type`/`id` narrow to a type or an instance (None: system level).
+    - `since`: versions with last_updated >= since.
+    - `at`: (start, end) — versions that were the current, non-deleted version at some moment
+      in [start, end): those written inside the window plus, per resource, the one current at
+      `start` (the latest written at or before it). Deletion tombstones are left out.
+    - `after`: keyset cursor; only entries that sort after it (older than it).
+    - `limit`: page size.
+
+    Order: last_updated descending, then type and id descending (unique, so paging is stable).
+    """
+
+    type: str | None = None
+    id: str | None = None
+    since: str | None = None
+    at: tuple[str, str] | None = None
+    after: HistoryCursor | None = None
+    limit: int = 50
+
+
+class VersionConflict(Exception):
+    """`put` found a current version other than the one the new version follows."""
+
+    def __init__(self, type_: str, id_: str, found: int) -> None:
+        super().__init__(f"{type_}/{id_}: current version is {found}")
+        self.found = found
+
+
+class StorageError(Exception):
+    """The engine failed (I/O, lost connection, ...). Nothing of the failed write remains."""
+
+
+class Transaction(ABC):
+    """Writes that commit together. Reads through it see its own uncommitted writes."""
+
+    @abstractmethod
+    async def current(self, type_: str, id_: str) -> Version | None:
+        """The current version (a tombstone if deleted), or None if the resource never existed."""
+
+    @abstractmethod
+    async def put(self, version: Version) -> None:
+        """Store `version` as the new current version and append it to the history.
+
+        The current version must be `version.version - 1` (0: the resource does not exist yet);
+        otherwise raise VersionConflict and write nothing.
+        """
+
+
+class Store(ABC):
+    """A storage engine. Open once per process; safe for concurrent use by many requests."""
+
+    name: str
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect and create the schema / indexes if missing."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def read(self, type_: str, id_: str) -> Version | None:
+        """The current version (a tombstone if deleted), or None if it never existed."""
+
+    @abstractmethod
+    async def vread(self, type_: str, id_: str, version: int) -> Version | None: ...
+
+    @abstractmethod
+    async def history(self, query: HistoryQuery) -> list[Version]: ...
+
+    @abstractmethod
+    async def is_empty(self) -> bool:
+        """True when no resource has ever been stored (decides whether to seed)."""
+
+    @abstractmethod
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]:
+        """All-or-nothing unit of writes: committed when the block exits normally, rolled back
+        (nothing left behind) when it raises. Engine failures surface as StorageError."""

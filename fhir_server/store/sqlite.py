@@ -1,0 +1,190 @@
+"""Embedded SQLite engine: one database file, WAL mode, real transactions.
+
+Calls run directly on the event-loop thread: each statement takes microseconds, and a thread
+hand-off would cost more than the work. Writes go through one writer connection guarded by an
+asyncio lock (SQLite allows one writer at a time anyway; `BEGIN IMMEDIATE` plus a busy timeout
+serialises us with other processes such as the CLI). Reads use a separate connection, so they
+never see another request's uncommitted transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fhir_server.store.base import (
+    HistoryQuery,
+    StorageError,
+    Store,
+    Transaction,
+    Version,
+    VersionConflict,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS resources (
+    type TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL,
+    last_updated TEXT NOT NULL, method TEXT NOT NULL, body BLOB,
+    PRIMARY KEY (type, id)
+);
+CREATE TABLE IF NOT EXISTS history (
+    type TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL,
+    last_updated TEXT NOT NULL, method TEXT NOT NULL, body BLOB,
+    PRIMARY KEY (type, id, version)
+);
+CREATE INDEX IF NOT EXISTS history_by_time ON history (last_updated, type, id);
+CREATE INDEX IF NOT EXISTS history_by_type_time ON history (type, last_updated, id);
+"""
+
+COLUMNS = "type, id, version, last_updated, method, body"
+T = TypeVar("T")
+
+
+def _version(row: tuple[Any, ...]) -> Version:
+    return Version(row[0], row[1], row[2], row[3], row[4], row[5])
+
+
+def _guard(call: Callable[[], T]) -> T:
+    """Run one SQLite call, turning engine failures into StorageError."""
+    try:
+        return call()
+    except sqlite3.Error as exc:
+        raise StorageError(f"SQLite: {exc}") from exc
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    return conn
+
+
+class SqliteTransaction(Transaction):
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    async def current(self, type_: str, id_: str) -> Version | None:
+        row = _guard(
+            lambda: self._conn.execute(
+                f"SELECT {COLUMNS} FROM resources WHERE type = ? AND id = ?", (type_, id_)
+            ).fetchone()
+        )
+        return _version(row) if row else None
+
+    async def put(self, version: Version) -> None:
+        _guard(lambda: self._put(version))
+
+    def _put(self, v: Version) -> None:
+        row = self._conn.execute(
+            "SELECT version FROM resources WHERE type = ? AND id = ?", (v.type, v.id)
+        ).fetchone()
+        found = row[0] if row else 0
+        if found != v.version - 1:
+            raise VersionConflict(v.type, v.id, found)
+        values = (v.type, v.id, v.version, v.last_updated, v.method, v.body)
+        self._conn.execute(
+            f"INSERT OR REPLACE INTO resources ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", values
+        )
+        self._conn.execute(f"INSERT INTO history ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", values)
+
+
+class SqliteStore(Store):
+    name = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._write_lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = _guard(lambda: _connect(self.path))
+        _guard(lambda: self._writer.executescript(SCHEMA))  # type: ignore[union-attr]
+        self._reader = _guard(lambda: _connect(self.path))
+
+    async def close(self) -> None:
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                conn.close()
+        self._reader = self._writer = None
+
+    @property
+    def _read_conn(self) -> sqlite3.Connection:
+        if self._reader is None:
+            raise StorageError("SQLite store is not open")
+        return self._reader
+
+    def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        return _guard(lambda: self._read_conn.execute(sql, params).fetchall())
+
+    async def read(self, type_: str, id_: str) -> Version | None:
+        rows = self._fetch(
+            f"SELECT {COLUMNS} FROM resources WHERE type = ? AND id = ?", (type_, id_)
+        )
+        return _version(rows[0]) if rows else None
+
+    async def vread(self, type_: str, id_: str, version: int) -> Version | None:
+        rows = self._fetch(
+            f"SELECT {COLUMNS} FROM history WHERE type = ? AND id = ? AND version = ?",
+            (type_, id_, version),
+        )
+        return _version(rows[0]) if rows else None
+
+    async def history(self, query: HistoryQuery) -> list[Version]:
+        where: list[str] = []
+        params: list[Any] = []
+        if query.type is not None:
+            where.append("h.type = ?")
+            params.append(query.type)
+        if query.id is not None:
+            where.append("h.id = ?")
+            params.append(query.id)
+        if query.since is not None:
+            where.append("h.last_updated >= ?")
+            params.append(query.since)
+        if query.at is not None:
+            start, end = query.at
+            # Written inside the window, or the version that was current when it opened.
+            where.append(
+                "h.body IS NOT NULL AND h.last_updated < ? AND (h.last_updated >= ? OR "
+                "h.version = (SELECT max(p.version) FROM history p "
+                "WHERE p.type = h.type AND p.id = h.id AND p.last_updated <= ?))"
+            )
+            params += [end, start, start]
+        if query.after is not None:
+            c = query.after
+            where.append("(h.last_updated, h.type, h.id) < (?, ?, ?)")
+            params += [c.last_updated, c.type, c.id]
+        sql = f"SELECT {', '.join('h.' + c for c in COLUMNS.split(', '))} FROM history h"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY h.last_updated DESC, h.type DESC, h.id DESC LIMIT ?"
+        params.append(query.limit)
+        return [_version(row) for row in self._fetch(sql, tuple(params))]
+
+    async def is_empty(self) -> bool:
+        return not self._fetch("SELECT 1 FROM history LIMIT 1", ())
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        async with self._write_lock:
+            conn = self._writer
+            if conn is None:
+                raise StorageError("SQLite store is not open")
+            _guard(lambda: conn.execute("BEGIN IMMEDIATE"))
+            try:
+                yield SqliteTransaction(conn)
+            except BaseException:
+                _guard(lambda: conn.execute("ROLLBACK"))
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                conn.execute("ROLLBACK")
+                raise StorageError(f"SQLite commit failed: {exc}") from exc

@@ -1,0 +1,69 @@
+"""Structural validation with fhir.resources (R4B models): element names, types, cardinality.
+
+Pydantic reports error locations as tuples of field names and list indices; we turn them into
+FHIRPath expressions (`Patient.name[0].family`) so a client can find the offending element.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from typing import Any
+
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
+from fhir_server.errors import Issue, bad_request, unprocessable
+
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@cache
+def _model(resource_type: str) -> Any:
+    return get_fhir_model_class(resource_type)
+
+
+def fhirpath(resource_type: str, loc: tuple[int | str, ...]) -> str:
+    path = resource_type
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif _NAME.fullmatch(part):
+            path += f".{part}"
+        # Other parts name pydantic's validator wrappers, not FHIR elements.
+    return path
+
+
+def _issue(resource_type: str, error: Any) -> Issue:
+    loc = tuple(error.get("loc", ()))
+    expression = fhirpath(resource_type, loc)
+    kind = error.get("type", "")
+    if kind == "extra_forbidden":
+        return Issue("structure", f"Unknown element '{loc[-1]}' at {expression}", expression=(
+            expression,))
+    if kind == "missing":
+        return Issue("required", f"Missing required element {expression}", expression=(
+            expression,))
+    message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    return Issue("value", f"{expression}: {message}", expression=(expression,))
+
+
+def validate_structure(resource: dict[str, Any]) -> None:
+    """Raise a 422 listing every structural problem of `resource` (its type is known)."""
+    resource_type = resource["resourceType"]
+    try:
+        _model(resource_type).model_validate(resource)
+    except ValidationError as exc:
+        raise unprocessable([_issue(resource_type, e) for e in exc.errors()]) from None
+    except (TypeError, ValueError) as exc:
+        # fhir.resources raises plain errors for some malformed shapes (e.g. a list where an
+        # object belongs) instead of collecting them.
+        raise unprocessable([Issue("structure", str(exc), expression=(resource_type,))]) from None
+
+
+def check_id(id_: str, where: str) -> None:
+    if not FHIR_ID.fullmatch(id_):
+        raise bad_request(
+            f"'{id_}' is not a valid FHIR id (1-64 of A-Z, a-z, 0-9, '-', '.')", where
+        )

@@ -1,0 +1,64 @@
+"""Shared fixtures: every behaviour test runs on both storage engines.
+
+The Mongo engine runs against mongomock (through tests/mongomock_async.py) unless
+FHIR_SERVER_TEST_MONGODB_URL points at a real MongoDB, in which case each test gets its own
+database, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from fhir_server.store.base import Store
+
+ENGINES = ["sqlite", "mongo"]
+MONGODB_URL = os.environ.get("FHIR_SERVER_TEST_MONGODB_URL")
+
+
+async def make_store(engine: str, tmp_path: Path) -> tuple[Store, object]:
+    """A new, empty store of the given engine, and a handle to clean it up with."""
+    if engine == "sqlite":
+        from fhir_server.store.sqlite import SqliteStore
+
+        return SqliteStore(tmp_path / "fhir.sqlite"), None
+    from fhir_server.store.mongo import MongoStore
+
+    db_name = f"fhir_test_{uuid.uuid4().hex[:12]}"
+    if MONGODB_URL:
+        from pymongo import AsyncMongoClient
+
+        client = AsyncMongoClient(MONGODB_URL)
+    else:
+        from tests.mongomock_async import AsyncMongoMockClient
+
+        client = AsyncMongoMockClient()
+    return MongoStore(client, db_name), (client, db_name)
+
+
+async def drop_store(handle: object) -> None:
+    if handle is None or not MONGODB_URL:
+        return
+    client, db_name = handle  # type: ignore[misc]
+    await client.drop_database(db_name)
+    await client.close()
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+async def store(engine: str, tmp_path: Path) -> AsyncIterator[Store]:
+    s, handle = await make_store(engine, tmp_path)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+        await drop_store(handle)
