@@ -444,7 +444,7 @@ async def test_undo_restores_current_documents_exactly(undo_store: MongoStore) -
             await tx.put(ver("Patient", "a", 3, 3, deleted=True))
             raise Boom
     assert await patients.find_one({"_id": "a"}) == before
-    assert before["b"] == ver("Patient", "a", 1, 1).resource()
+    assert before["r"] == ver("Patient", "a", 1, 1).body
 
 
 async def test_undo_keeps_a_version_another_writer_built_on(undo_store: MongoStore) -> None:

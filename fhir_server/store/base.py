@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from fhir_server.search.model import Predicate, ResourceIndex, SortKey, SortValue
+
 
 @dataclass(frozen=True, slots=True)
 class Version:
@@ -86,6 +88,37 @@ class HistoryQuery:
     limit: int = 50
 
 
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    """Current, non-deleted resources of one type matching `where`, in `sort` order then by id.
+
+    `after` is a keyset position (the sort values and the id of the last resource of the
+    previous page): only resources after it are returned, so pages neither skip nor repeat
+    while other writes happen. A missing sort value sorts first ascending, last descending.
+    With `backwards`, the `limit` resources just before `after` are returned instead (still in
+    sort order): the previous page.
+    """
+
+    type: str
+    where: Predicate | None = None
+    sort: tuple[SortKey, ...] = ()
+    limit: int = 50
+    after: tuple[SortValue, ...] | None = None
+    backwards: bool = False
+
+    def directions(self) -> list[bool]:
+        """Per sort key, whether to scan it descending (flipped when going backwards); the id
+        tie-break scans descending exactly when going backwards."""
+        return [k.descending != self.backwards for k in self.sort]
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    version: Version
+    position: tuple[SortValue, ...]
+    """The keyset position of this resource: its sort values, then its id."""
+
+
 class VersionConflict(Exception):
     """`put` found a current version other than the one the new version follows."""
 
@@ -106,8 +139,9 @@ class Transaction(ABC):
         """The current version (a tombstone if deleted), or None if the resource never existed."""
 
     @abstractmethod
-    async def put(self, version: Version) -> None:
-        """Store `version` as the new current version and append it to the history.
+    async def put(self, version: Version, index: ResourceIndex | None = None) -> None:
+        """Store `version` as the new current version and append it to the history, replacing
+        the resource's search index with `index` (a deletion has none).
 
         The current version must be `version.version - 1` (0: the resource does not exist yet);
         otherwise raise VersionConflict and write nothing.
@@ -135,6 +169,16 @@ class Store(ABC):
 
     @abstractmethod
     async def history(self, query: HistoryQuery) -> list[Version]: ...
+
+    @abstractmethod
+    async def read_many(self, refs: list[tuple[str, str]]) -> list[Version]:
+        """The current, non-deleted versions of the (type, id) pairs that exist, in any order."""
+
+    @abstractmethod
+    async def search(self, query: SearchQuery) -> list[Match]: ...
+
+    @abstractmethod
+    async def count(self, type_: str, where: Predicate | None) -> int: ...
 
     @abstractmethod
     async def is_empty(self) -> bool:

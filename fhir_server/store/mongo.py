@@ -1,13 +1,13 @@
 """MongoDB engine on PyMongo's async client.
 
 Layout: the current copy of each resource lives in a collection named after its type,
-`{_id: id, v, lu, m, b, r}`; every version goes to the `history` collection,
-`{_id: "Type/id/v", t, i, v, lu, m, r}`. `b` is the resource as a BSON document so that search
-can index and query it; `r` is the serialized body as BSON binary, and the only copy history
-keeps. Reads fetch `r` and never `b`: decoding a BSON document and re-serializing it with orjson
-costs about 7x more than decoding the binary (16 µs against 2 µs for a median Synthea resource),
-and raw JSON is smaller than the same resource as BSON, so history pays nothing extra for it.
-Tombstones have `b` and `r` null.
+`{_id: id, v, lu, m, r, _k, _r, _c, _s}`; every version goes to the `history` collection,
+`{_id: "Type/id/v", t, i, v, lu, m, r}`. `r` is the serialized body as BSON binary: decoding a
+BSON document and re-serializing it with orjson costs about 7x more than decoding the binary
+(16 µs against 2 µs for a median Synthea resource), and raw JSON is smaller than the same
+resource as BSON. The resource is never stored as a BSON document: search runs on the index
+fields (`_k`, `_r`, `_c`, `_s`, see mongo_search.py) computed at write time. Tombstones have
+`r` null and no index.
 
 Atomicity: on a replica set or mongos, a transaction block is a multi-document transaction. A
 standalone server has none, so the block keeps an undo log instead and, when it fails, restores
@@ -24,19 +24,29 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-import orjson
 from bson.errors import BSONError
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
+from fhir_server.search.model import EMPTY_INDEX, Predicate, ResourceIndex
 from fhir_server.store.base import (
     HistoryCursor,
     HistoryQuery,
+    Match,
+    SearchQuery,
     StorageError,
     Store,
     Transaction,
     Version,
     VersionConflict,
+)
+from fhir_server.store.mongo_search import (
+    INDEX_SPECS,
+    field_value,
+    index_fields,
+    keyset_filter,
+    render,
+    sort_field,
 )
 
 log = logging.getLogger(__name__)
@@ -61,15 +71,14 @@ def _guard(action: str) -> Iterator[None]:
         raise StorageError(f"MongoDB: {action} failed: {exc}") from exc
 
 
-def _current_doc(v: Version) -> Doc:
-    body = None if v.body is None else orjson.loads(v.body)
+def _current_doc(v: Version, index: ResourceIndex) -> Doc:
     return {
         "_id": v.id,
         "v": v.version,
         "lu": v.last_updated,
         "m": v.method,
-        "b": body,
         "r": v.body,
+        **index_fields(index),
     }
 
 
@@ -159,9 +168,10 @@ class _Undo:
 
 
 class MongoTransaction(Transaction):
-    def __init__(self, db: Any, history: Any, session: Any, *, server_side: bool) -> None:
-        self._db = db
-        self._history = history
+    def __init__(self, store: MongoStore, session: Any, *, server_side: bool) -> None:
+        self._db = store._db
+        self._history = store._history
+        self._ensure_indexes = store.ensure_indexes
         self._session = session
         self._undo: list[_Undo] | None = None if server_side else []
 
@@ -170,17 +180,18 @@ class MongoTransaction(Transaction):
             d = await self._db[type_].find_one({"_id": id_}, READ_FIELDS, session=self._session)
         return None if d is None else _from_current(type_, d)
 
-    async def put(self, version: Version) -> None:
+    async def put(self, version: Version, index: ResourceIndex | None = None) -> None:
         collection = self._db[version.type]
         with _guard(f"write {version.type}/{version.id}/{version.version}"):
-            previous = await self._swap_current(collection, version)
+            await self._ensure_indexes(version.type)
+            previous = await self._swap_current(collection, version, index or EMPTY_INDEX)
             step = None
             if self._undo is not None:
                 step = _Undo(collection, version.type, version.id, version.version, previous)
                 self._undo.append(step)
             await self._append_history(version, step)
 
-    async def _swap_current(self, collection: Any, v: Version) -> Doc | None:
+    async def _swap_current(self, collection: Any, v: Version, index: ResourceIndex) -> Doc | None:
         """Compare-and-set the current copy; return what it replaced when the undo log needs it.
 
         Losing the race raises VersionConflict without failing a server transaction where
@@ -188,7 +199,7 @@ class MongoTransaction(Transaction):
         """
         session = self._session
         try:
-            previous, stored = await self._compare_and_set(collection, v)
+            previous, stored = await self._compare_and_set(collection, v, index)
         except OperationFailure as exc:
             if not isinstance(exc, DuplicateKeyError) and exc.code != WRITE_CONFLICT:
                 raise
@@ -198,8 +209,10 @@ class MongoTransaction(Transaction):
             await self._conflict(v, session)
         return previous
 
-    async def _compare_and_set(self, collection: Any, v: Version) -> tuple[Doc | None, bool]:
-        doc = _current_doc(v)
+    async def _compare_and_set(
+        self, collection: Any, v: Version, index: ResourceIndex
+    ) -> tuple[Doc | None, bool]:
+        doc = _current_doc(v, index)
         if v.version == 1:
             # An upsert that finds the document reports it, where an insert would fail.
             del doc["_id"]
@@ -262,6 +275,7 @@ class MongoStore(Store):
         self._history = self._db[HISTORY]
         self._transactions = transactions
         self._owns_client = False
+        self._indexed: set[str] = set()
 
     @classmethod
     def from_url(cls, url: str, db_name: str) -> MongoStore:
@@ -281,10 +295,73 @@ class MongoStore(Store):
         if self._owns_client:
             await self._client.close()
 
+    async def ensure_indexes(self, type_: str) -> None:
+        """Create a type collection's search indexes the first time this process uses it."""
+        if type_ in self._indexed:
+            return
+        collection = self._db[type_]
+        for spec in INDEX_SPECS:
+            await collection.create_index(spec)
+        self._indexed.add(type_)
+
     async def read(self, type_: str, id_: str) -> Version | None:
         with _guard(f"read {type_}/{id_}"):
             d = await self._db[type_].find_one({"_id": id_}, READ_FIELDS)
         return None if d is None else _from_current(type_, d)
+
+    async def read_many(self, refs: list[tuple[str, str]]) -> list[Version]:
+        by_type: dict[str, list[str]] = {}
+        for type_, id_ in refs:
+            by_type.setdefault(type_, []).append(id_)
+        found: list[Version] = []
+        with _guard("read resources"):
+            for type_, ids in by_type.items():
+                cursor = self._db[type_].find(
+                    {"_id": {"$in": ids}, "r": {"$ne": None}}, READ_FIELDS
+                )
+                found += [_from_current(type_, d) for d in await cursor.to_list(None)]
+        return found
+
+    async def _find(self, type_: str, filter_: Doc, projection: Doc) -> list[Doc]:
+        cursor = self._db[type_].find(filter_, projection or {"_id": 1})
+        return await cursor.to_list(None)
+
+    async def _filter(self, type_: str, where: Predicate | None) -> Doc:
+        live: Doc = {"r": {"$ne": None}}
+        if where is None:
+            return live
+        return {"$and": [live, await render(where, type_, self._find)]}
+
+    async def search(self, query: SearchQuery) -> list[Match]:
+        if query.limit < 1:
+            return []
+        descending = query.directions()
+        fields = [sort_field(k) for k in query.sort]
+        order = [(f, -1 if d else 1) for f, d in zip(fields, descending, strict=True)]
+        order.append(("_id", -1 if query.backwards else 1))
+        with _guard(f"search {query.type}"):
+            filter_ = await self._filter(query.type, query.where)
+            if query.after is not None:
+                keyset = keyset_filter(fields, descending, query.after, query.backwards)
+                filter_ = {"$and": [filter_, keyset]}
+            projection = {**READ_FIELDS, **{f: 1 for f in fields if f not in ("_id", "lu")}}
+            cursor = self._db[query.type].find(filter_, projection).sort(order)
+            docs = await cursor.limit(query.limit).to_list(None)
+        if query.backwards:
+            docs.reverse()
+        return [
+            Match(_from_current(query.type, d), (*(field_value(d, f) for f in fields), d["_id"]))
+            for d in docs
+        ]
+
+    async def count(self, type_: str, where: Predicate | None) -> int:
+        with _guard(f"count {type_}"):
+            return await self._db[type_].count_documents(await self._filter(type_, where))
+
+    async def explain(self, query: SearchQuery) -> Doc:
+        """MongoDB's plan for a search (tests assert index use against a real server)."""
+        filter_ = await self._filter(query.type, query.where)
+        return await self._db.command("explain", {"find": query.type, "filter": filter_})
 
     async def vread(self, type_: str, id_: str, version: int) -> Version | None:
         with _guard(f"read {type_}/{id_}/{version}"):
@@ -341,7 +418,7 @@ class MongoStore(Store):
         with _guard("start session"):
             session = self._client.start_session()
         async with session:
-            tx = MongoTransaction(self._db, self._history, session, server_side=server_side)
+            tx = MongoTransaction(self, session, server_side=server_side)
             if server_side:
                 with _guard("start transaction"):
                     await session.start_transaction()

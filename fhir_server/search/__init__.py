@@ -1,0 +1,1 @@
+"""FHIR search: parameter registry, expression evaluation, index entries and predicates."""

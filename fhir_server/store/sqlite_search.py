@@ -1,0 +1,387 @@
+"""SQLite side of search: index tables, index rows of a resource, predicates rendered as SQL.
+
+Every query value travels as a bound parameter; table and column names come only from the
+fixed mappings below, so no query text can become SQL. Each leaf predicate becomes
+`alias.id IN (SELECT rid FROM idx_<kind> ...)`, which SQLite drives from the index table's
+(rtype, param, value) index and then looks resources up by primary key.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fhir_server.search.model import (
+    ANY,
+    And,
+    Chain,
+    Composite,
+    CompositeEntry,
+    DateEntry,
+    Has,
+    IdMatch,
+    Missing,
+    Not,
+    NumberEntry,
+    Or,
+    Predicate,
+    QuantityEntry,
+    RangeMatch,
+    ReferenceEntry,
+    ReferenceMatch,
+    ResourceIndex,
+    SortKey,
+    SortValue,
+    StringEntry,
+    StringMatch,
+    TokenEntry,
+    TokenMatch,
+    UriEntry,
+    UriMatch,
+)
+from fhir_server.search.ranges import range_conditions
+
+INDEX_SCHEMA = """
+CREATE TABLE IF NOT EXISTS idx_string (
+    rtype TEXT NOT NULL, rid TEXT NOT NULL, param TEXT NOT NULL, grp INTEGER,
+    norm TEXT, exact TEXT);
+CREATE INDEX IF NOT EXISTS idx_string_q ON idx_string (rtype, param, norm);
+CREATE INDEX IF NOT EXISTS idx_string_r ON idx_string (rtype, rid);
+CREATE TABLE IF NOT EXISTS idx_token (
+    rtype TEXT NOT NULL, rid TEXT NOT NULL, param TEXT NOT NULL, grp INTEGER,
+    system TEXT, code TEXT, text TEXT);
+CREATE INDEX IF NOT EXISTS idx_token_q ON idx_token (rtype, param, code, system);
+CREATE INDEX IF NOT EXISTS idx_token_s ON idx_token (rtype, param, system);
+CREATE INDEX IF NOT EXISTS idx_token_t ON idx_token (rtype, param, text);
+CREATE INDEX IF NOT EXISTS idx_token_r ON idx_token (rtype, rid);
+CREATE TABLE IF NOT EXISTS idx_date (
+    rtype TEXT NOT NULL, rid TEXT NOT NULL, param TEXT NOT NULL, grp INTEGER,
+    low TEXT, high TEXT);
+CREATE INDEX IF NOT EXISTS idx_date_q ON idx_date (rtype, param, low, high);
+CREATE INDEX IF NOT EXISTS idx_date_h ON idx_date (rtype, param, high);
+CREATE INDEX IF NOT EXISTS idx_date_r ON idx_date (rtype, rid);
+CREATE TABLE IF NOT EXISTS idx_number (
+    rtype TEXT NOT NULL, rid TEXT NOT NULL, param TEXT NOT NULL, grp INTEGER,
+    low REAL, high REAL);
+CREATE INDEX IF NOT EXISTS idx_number_q ON idx_number (rtype, param, low, high);
+CREATE INDEX IF NOT EXISTS idx_number_r ON idx_number (rtype, rid);
+CREATE TABLE IF NOT EXISTS idx_quantity (
+    rtype TEXT NOT NULL, rid TEXT NOT NULL, param TEXT NOT NULL, grp INTEGER,
+    low REAL, high REAL, system TEXT, code TEXT, unit TEXT);
+CREATE INDEX IF NOT EXISTS idx_quantity_q ON idx_quantity (rtype, param, code, low);
+CREATE INDEX IF NOT EXISTS idx_quantity_r ON idx_quantity (rtype, rid);
+CREATE TABLE IF NOT EXISTS idx_reference (
+    rtype TEXT NOT NULL, rid TEXT NOT NULL, param TEXT NOT NULL, grp INTEGER,
+    ttype TEXT, tid TEXT, url TEXT);
+CREATE INDEX IF NOT EXISTS idx_reference_q ON idx_reference (rtype, param, tid, ttype);
+CREATE INDEX IF NOT EXISTS idx_reference_t ON idx_reference (ttype, tid, rtype, param);
+CREATE INDEX IF NOT EXISTS idx_reference_u ON idx_reference (rtype, param, url);
+CREATE INDEX IF NOT EXISTS idx_reference_r ON idx_reference (rtype, rid);
+CREATE TABLE IF NOT EXISTS idx_uri (
+    rtype TEXT NOT NULL, rid TEXT NOT NULL, param TEXT NOT NULL, grp INTEGER, value TEXT);
+CREATE INDEX IF NOT EXISTS idx_uri_q ON idx_uri (rtype, param, value);
+CREATE INDEX IF NOT EXISTS idx_uri_r ON idx_uri (rtype, rid);
+CREATE TABLE IF NOT EXISTS sort_keys (
+    rtype TEXT NOT NULL, rid TEXT NOT NULL, param TEXT NOT NULL, asc, desc,
+    PRIMARY KEY (rtype, rid, param));
+CREATE INDEX IF NOT EXISTS sort_keys_asc ON sort_keys (rtype, param, asc);
+CREATE INDEX IF NOT EXISTS sort_keys_desc ON sort_keys (rtype, param, desc);
+"""
+
+# Entry class -> (table, the entry's values in column order).
+_TABLES: dict[type, tuple[str, tuple[str, ...]]] = {
+    StringEntry: ("idx_string", ("norm", "exact")),
+    TokenEntry: ("idx_token", ("system", "code", "text")),
+    DateEntry: ("idx_date", ("low", "high")),
+    NumberEntry: ("idx_number", ("low", "high")),
+    QuantityEntry: ("idx_quantity", ("low", "high", "system", "code", "unit")),
+    ReferenceEntry: ("idx_reference", ("ttype", "tid", "url")),
+    UriEntry: ("idx_uri", ("value",)),
+}
+INDEX_TABLES = tuple(table for table, _ in _TABLES.values())
+# Predicate class -> its table; for RangeMatch the kind picks it.
+_RANGE_TABLES = {"date": "idx_date", "number": "idx_number", "quantity": "idx_quantity"}
+_MAX_CHAR = "\U0010ffff"
+COLUMNS = "r.type, r.id, r.version, r.last_updated, r.method, r.body"
+
+
+def _entry_values(entry: Any) -> tuple[Any, ...]:
+    if isinstance(entry, DateEntry):
+        return (entry.start, entry.end)
+    if isinstance(entry, ReferenceEntry):
+        return (entry.type, entry.id, entry.url)
+    return tuple(getattr(entry, f) for f in entry.__slots__)
+
+
+def index_rows(type_: str, id_: str, index: ResourceIndex) -> Iterator[tuple[str, tuple[Any, ...]]]:
+    """(table, row) for every entry; composite components go under `code$i`, grouped by `grp`."""
+    for param, entries in index.entries.items():
+        for grp, entry in enumerate(entries):
+            if isinstance(entry, CompositeEntry):
+                for position, component in enumerate(entry.components):
+                    for part in component:
+                        table = _TABLES[type(part)][0]
+                        yield table, (type_, id_, f"{param}${position}", grp, *_entry_values(part))
+            else:
+                yield _TABLES[type(entry)][0], (type_, id_, param, None, *_entry_values(entry))
+    for param, (asc, desc) in index.sort.items():
+        yield "sort_keys", (type_, id_, param, asc, desc)
+
+
+def insert_sql(table: str, width: int) -> str:
+    return f"INSERT INTO {table} VALUES ({', '.join('?' * width)})"
+
+
+@dataclass
+class Sql:
+    """A fragment of SQL and its bound parameters, built up while rendering."""
+
+    params: list[Any] = field(default_factory=list)
+    _names: Iterator[int] = field(default_factory=itertools.count)
+
+    def alias(self, prefix: str) -> str:
+        return f"{prefix}{next(self._names)}"
+
+
+def _leaf_table(p: Predicate) -> str:
+    if isinstance(p, StringMatch):
+        return "idx_string"
+    if isinstance(p, TokenMatch):
+        return "idx_token"
+    if isinstance(p, RangeMatch):
+        return _RANGE_TABLES[p.kind]
+    if isinstance(p, ReferenceMatch):
+        return "idx_reference"
+    if isinstance(p, UriMatch):
+        return "idx_uri"
+    raise TypeError(f"not a leaf predicate: {p!r}")
+
+
+LEAVES = (StringMatch, TokenMatch, RangeMatch, ReferenceMatch, UriMatch)
+
+
+def _prefix(sql: Sql, column: str, value: str) -> str:
+    sql.params += [value, value + _MAX_CHAR]
+    return f"({column} >= ? AND {column} < ?)"
+
+
+def _leaf_condition(p: Predicate, a: str, sql: Sql) -> str:
+    """Condition on one row `a` of the leaf's table (not its rtype/param)."""
+    if isinstance(p, StringMatch):
+        if p.mode == "exact":
+            sql.params.append(p.value)
+            return f"{a}.exact = ?"
+        if p.mode == "contains":
+            sql.params.append(p.value)
+            return f"instr({a}.norm, ?) > 0"
+        return _prefix(sql, f"{a}.norm", p.value)
+    if isinstance(p, TokenMatch):
+        return _token_condition(p, a, sql)
+    if isinstance(p, RangeMatch):
+        return _range_condition(p, a, sql)
+    if isinstance(p, ReferenceMatch):
+        if p.url is not None:
+            sql.params.append(p.url)
+            return f"{a}.url = ?"
+        parts = []
+        if p.id is not None:
+            sql.params.append(p.id)
+            parts.append(f"{a}.tid = ?")
+        if p.type is not None:
+            sql.params.append(p.type)
+            parts.append(f"{a}.ttype = ?")
+        return " AND ".join(parts) or "1"
+    if isinstance(p, UriMatch):
+        if p.mode == "below":
+            return _prefix(sql, f"{a}.value", p.value)
+        sql.params.append(p.value)
+        if p.mode == "above":
+            return f"instr(?, {a}.value) = 1"
+        return f"{a}.value = ?"
+    raise TypeError(f"not a leaf predicate: {p!r}")
+
+
+def _token_condition(p: TokenMatch, a: str, sql: Sql) -> str:
+    if p.text is not None:
+        return _prefix(sql, f"{a}.text", p.text)
+    parts = []
+    if p.code is not ANY and p.code is not None:
+        sql.params.append(p.code)
+        parts.append(f"{a}.code = ?")
+    if p.system is None:
+        parts.append(f"{a}.system IS NULL")
+    elif p.system is not ANY:
+        sql.params.append(p.system)
+        parts.append(f"{a}.system = ?")
+    return " AND ".join(parts) or f"{a}.code IS NOT NULL"
+
+
+def _range_condition(p: RangeMatch, a: str, sql: Sql) -> str:
+    alternatives = []
+    for conjunction in range_conditions(p):
+        terms = []
+        for column, op, value in conjunction:
+            sql.params.append(value)
+            terms.append(f"{a}.{column} {op} ?")
+        alternatives.append("(" + " AND ".join(terms) + ")")
+    condition = "(" + " OR ".join(alternatives) + ")"
+    if p.kind == "quantity":
+        if p.code is not None:
+            sql.params.append(p.code)
+            condition += f" AND {a}.code = ?"
+        if p.system is not None:
+            sql.params.append(p.system)
+            condition += f" AND {a}.system = ?"
+        if p.unit is not None:
+            sql.params += [p.unit, p.unit]
+            condition += f" AND ({a}.unit = ? OR {a}.code = ?)"
+    return condition
+
+
+def render(p: Predicate, outer: str, rtype: str, sql: Sql) -> str:
+    """SQL condition that holds for row `outer` of `resources` (of type rtype) when p holds."""
+    if isinstance(p, And):
+        return "(" + " AND ".join(render(c, outer, rtype, sql) for c in p.predicates) + ")"
+    if isinstance(p, Or):
+        return _render_or(p, outer, rtype, sql)
+    if isinstance(p, Not):
+        return f"NOT {render(p.predicate, outer, rtype, sql)}"
+    if isinstance(p, IdMatch):
+        sql.params += list(p.ids)
+        return f"{outer}.id IN ({', '.join('?' * len(p.ids))})"
+    if isinstance(p, Missing):
+        sql.params += [rtype, p.param]
+        op = "NOT IN" if p.missing else "IN"
+        return f"{outer}.id {op} (SELECT rid FROM sort_keys WHERE rtype = ? AND param = ?)"
+    if isinstance(p, LEAVES):
+        return _leaves([p], outer, rtype, sql)
+    if isinstance(p, Composite):
+        return _composite(p, outer, rtype, sql)
+    if isinstance(p, Chain):
+        return _chain(p, outer, rtype, sql)
+    if isinstance(p, Has):
+        return _has(p, outer, rtype, sql)
+    raise TypeError(f"unknown predicate {p!r}")
+
+
+def _leaves(preds: list[Predicate], outer: str, rtype: str, sql: Sql) -> str:
+    """Leaves on one parameter and table, OR-ed inside one sub-select (one index range scan)."""
+    a = sql.alias("x")
+    table = _leaf_table(preds[0])
+    sql.params += [rtype, preds[0].param]  # type: ignore[union-attr]
+    conditions = " OR ".join(f"({_leaf_condition(p, a, sql)})" for p in preds)
+    return (
+        f"{outer}.id IN (SELECT {a}.rid FROM {table} {a} "
+        f"WHERE {a}.rtype = ? AND {a}.param = ? AND ({conditions}))"
+    )
+
+
+def _render_or(p: Or, outer: str, rtype: str, sql: Sql) -> str:
+    children = p.predicates
+    if children and all(isinstance(c, LEAVES) for c in children):
+        keys = {(_leaf_table(c), c.param) for c in children}  # type: ignore[union-attr]
+        if len(keys) == 1:
+            return _leaves(list(children), outer, rtype, sql)
+    return "(" + " OR ".join(render(c, outer, rtype, sql) for c in children) + ")"
+
+
+def _composite(p: Composite, outer: str, rtype: str, sql: Sql) -> str:
+    """Rows of the components' tables joined on the same element instance (rid, grp)."""
+    aliases = [sql.alias("c") for _ in p.components]
+    first = aliases[0]
+    alternatives = [c.predicates if isinstance(c, Or) else (c,) for c in p.components]
+    tables = [_leaf_table(alts[0]) for alts in alternatives]
+    joins = [f"{tables[0]} {first}"]
+    # Bound parameters follow the text: the JOIN conditions come before the WHERE clause.
+    for position, (table, a) in enumerate(zip(tables, aliases, strict=True)):
+        if position:
+            sql.params.append(f"{p.param}${position}")
+            joins.append(
+                f"JOIN {table} {a} ON {a}.rtype = {first}.rtype AND {a}.rid = {first}.rid "
+                f"AND {a}.grp = {first}.grp AND {a}.param = ?"
+            )
+    sql.params += [rtype, f"{p.param}$0"]
+    conditions = [f"{first}.rtype = ? AND {first}.param = ?"]
+    for alts, a in zip(alternatives, aliases, strict=True):
+        conditions.append("(" + " OR ".join(f"({_leaf_condition(c, a, sql)})" for c in alts) + ")")
+    return (f"{outer}.id IN (SELECT {first}.rid FROM {' '.join(joins)} "
+            f"WHERE {' AND '.join(conditions)})")
+
+
+def _chain(p: Chain, outer: str, rtype: str, sql: Sql) -> str:
+    x, t = sql.alias("x"), sql.alias("t")
+    sql.params += [rtype, p.param, p.target_type, p.target_type]
+    inner = render(p.where, t, p.target_type, sql)
+    return (
+        f"{outer}.id IN (SELECT {x}.rid FROM idx_reference {x} WHERE {x}.rtype = ? "
+        f"AND {x}.param = ? AND {x}.ttype = ? AND {x}.tid IN (SELECT {t}.id FROM resources "
+        f"{t} WHERE {t}.type = ? AND {t}.body IS NOT NULL AND {inner}))"
+    )
+
+
+def _has(p: Has, outer: str, rtype: str, sql: Sql) -> str:
+    x, s = sql.alias("x"), sql.alias("s")
+    sql.params += [p.source_type, p.param, rtype, p.source_type]
+    inner = render(p.where, s, p.source_type, sql)
+    return (
+        f"{outer}.id IN (SELECT {x}.tid FROM idx_reference {x} WHERE {x}.rtype = ? "
+        f"AND {x}.param = ? AND {x}.ttype = ? AND {x}.rid IN (SELECT {s}.id FROM resources "
+        f"{s} WHERE {s}.type = ? AND {s}.body IS NOT NULL AND {inner}))"
+    )
+
+
+def sort_expression(key: SortKey, sql: Sql) -> str:
+    if key.param == "_id":
+        return "r.id"
+    if key.param == "_lastUpdated":
+        return "r.last_updated"
+    sql.params.append(key.param)
+    column = "desc" if key.descending else "asc"
+    return (
+        f"(SELECT s.{column} FROM sort_keys s WHERE s.rtype = r.type AND s.rid = r.id "
+        "AND s.param = ?)"
+    )
+
+
+def keyset_condition(
+    expressions: list[str],
+    descending: list[bool],
+    after: tuple[SortValue, ...],
+    id_descending: bool,
+    sql: Sql,
+) -> str:
+    """Rows after the keyset position `after` (sort values..., id) in ORDER BY keys..., id.
+
+    `expressions` are plain column names (the sort values selected as k0, k1, ...), so they can
+    be repeated here without repeating bound parameters. NULL (no value) sorts first ascending
+    and last descending, as in SQLite and MongoDB.
+    """
+    alternatives = []
+    for i, (expr, desc) in enumerate(zip(expressions, descending, strict=True)):
+        value = after[i]
+        if value is None and desc:
+            continue  # nothing sorts after NULL descending
+        equal = _equal_prefix(expressions[:i], after[:i], sql)
+        if value is None:
+            step = f"{expr} IS NOT NULL"
+        else:
+            sql.params.append(value)
+            step = f"({expr} < ? OR {expr} IS NULL)" if desc else f"{expr} > ?"
+        alternatives.append(" AND ".join([*equal, step]))
+    equal = _equal_prefix(expressions, after[:-1], sql)
+    sql.params.append(after[-1])
+    alternatives.append(" AND ".join([*equal, "id < ?" if id_descending else "id > ?"]))
+    return "(" + " OR ".join(f"({a})" for a in alternatives) + ")"
+
+
+def _equal_prefix(expressions: list[str], values: tuple[SortValue, ...], sql: Sql) -> list[str]:
+    terms = []
+    for expr, value in zip(expressions, values, strict=True):
+        if value is None:
+            terms.append(f"{expr} IS NULL")
+        else:
+            sql.params.append(value)
+            terms.append(f"{expr} = ?")
+    return terms
