@@ -13,9 +13,10 @@ from starlette.exceptions import HTTPException
 
 from fhir_server import errors
 from fhir_server.api.formats import JSON, negotiate, render
-from fhir_server.api.routes import router
+from fhir_server.api.routes import routes
 from fhir_server.config import Settings
 from fhir_server.loader import load_paths
+from fhir_server.search.registry import Registry, default_registry
 from fhir_server.store import build_store
 from fhir_server.store.base import Store
 
@@ -61,9 +62,9 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return _outcome_response(request, errors.FhirError([issue], 500))
 
 
-async def seed(store: Store, settings: Settings) -> None:
+async def seed(store: Store, settings: Settings, registry: Registry) -> None:
     if settings.seed and settings.seed_dir.is_dir() and await store.is_empty():
-        summary = await load_paths(store, settings, [settings.seed_dir])
+        summary = await load_paths(store, settings, registry, [settings.seed_dir])
         log.info("Seeded the empty database from %s: %s", settings.seed_dir, summary)
 
 
@@ -76,7 +77,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         app.state.store = store or build_store(settings)
         await app.state.store.open()
         try:
-            await seed(app.state.store, settings)
+            await seed(app.state.store, settings, app.state.registry)
             yield
         finally:
             await app.state.store.close()
@@ -85,7 +86,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         title="fhir-server", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
     app.state.settings = settings
-    app.include_router(router)
+    app.state.registry = default_registry()
+    app.router.routes.extend(routes)
     app.add_exception_handler(errors.FhirError, _fhir_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -61,6 +61,7 @@ def load(
 ) -> None:
     """Load resources into the database (works while the server runs)."""
     from fhir_server.loader import files, items, load_paths
+    from fhir_server.search.registry import default_registry
     from fhir_server.store import build_store
 
     settings = settings_from(data_dir, mongodb_url)
@@ -75,7 +76,7 @@ def load(
             with Progress(*columns, console=console) as bar:
                 task = bar.add_task("load", total=total)
                 summary = await load_paths(
-                    store, settings, paths, lambda _: bar.advance(task)
+                    store, settings, default_registry(), paths, lambda _: bar.advance(task)
                 )
         finally:
             await store.close()

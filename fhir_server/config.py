@@ -26,3 +26,7 @@ class Settings(BaseSettings):
     """Larger request bodies are refused with 413."""
     history_default_count: int = 50
     history_max_count: int = 1000
+    search_default_count: int = 20
+    """Page size of a search without _count."""
+    search_max_count: int = 1000
+    """Largest page a search returns, whatever _count asks."""

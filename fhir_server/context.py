@@ -5,12 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fhir_server.config import Settings
-from fhir_server.store.base import Store
+from fhir_server.search.registry import Registry
+from fhir_server.store.base import Store, Transaction
 
 
 @dataclass(frozen=True, slots=True)
 class RequestContext:
     store: Store
     settings: Settings
+    registry: Registry
     base_url: str
     """FHIR base URL as the client sees it, without a trailing slash."""
+    tx: Transaction | None = None
+    """Set while the interaction is one entry of a transaction bundle: writes join it."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import threading
 from datetime import UTC, datetime, timedelta, timezone
-from email.utils import format_datetime, parsedate_to_datetime
+from email.utils import parsedate_to_datetime
 
 INSTANT_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 _DATE_TIME = re.compile(
@@ -68,8 +68,15 @@ def parse_range(text: str) -> tuple[datetime, datetime]:
     return start.astimezone(UTC), end.astimezone(UTC)
 
 
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
 def http_date(instant: str) -> str:
-    return format_datetime(parse_instant(instant), usegmt=True)
+    """RFC 9110 date of a stored instant (on every response: fromisoformat, not strptime)."""
+    m = datetime.fromisoformat(instant)
+    return (f"{_DAYS[m.weekday()]}, {m.day:02d} {_MONTHS[m.month - 1]} {m.year:04d} "
+            f"{m.hour:02d}:{m.minute:02d}:{m.second:02d} GMT")
 
 
 def parse_http_date(text: str) -> datetime | None:

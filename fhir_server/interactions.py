@@ -21,10 +21,12 @@ from fhir_server.context import RequestContext
 from fhir_server.definitions import MODELLED_RESOURCE_TYPES
 from fhir_server.fhirtime import clock, format_instant, parse_range
 from fhir_server.patch import apply_fhirpath_patch, apply_json_patch
+from fhir_server.search.indexer import index_resource
 from fhir_server.store.base import (
     HistoryCursor,
     HistoryQuery,
     StorageError,
+    Transaction,
     Version,
     VersionConflict,
 )
@@ -62,18 +64,21 @@ def _check_body(resource: Any, type_: str) -> Resource:
     return resource
 
 
-def _with_meta(resource: Resource, type_: str, id_: str, version: int, instant: str) -> bytes:
+def _with_meta(resource: Resource, type_: str, id_: str, version: int, instant: str) -> Resource:
     meta = dict(resource.get("meta") or {})
     meta["versionId"] = str(version)
     meta["lastUpdated"] = instant
     rest = {k: v for k, v in resource.items() if k not in ("resourceType", "id", "meta")}
-    return orjson.dumps({"resourceType": type_, "id": id_, "meta": meta, **rest})
+    return {"resourceType": type_, "id": id_, "meta": meta, **rest}
 
 
 def _content(resource: Resource) -> Resource:
     """The resource without the server-managed meta fields, for no-op update detection."""
-    meta = {k: v for k, v in (resource.get("meta") or {}).items()
-            if k not in ("versionId", "lastUpdated")}
+    meta = {
+        k: v
+        for k, v in (resource.get("meta") or {}).items()
+        if k not in ("versionId", "lastUpdated")
+    }
     rest = {k: v for k, v in resource.items() if k not in ("meta", "id")}
     return {**rest, "meta": meta} if meta else rest
 
@@ -108,33 +113,54 @@ async def _write(
     """Store the next version of type_/id_ with the content `build(current)` returns.
 
     `build` returns the new resource, None for a deletion, or UNCHANGED to write nothing.
+    Inside a transaction bundle (ctx.tx) the write joins it; otherwise it is a transaction of
+    its own, retried when another writer changes the resource between our read and write.
     """
     ref = f"{type_}/{id_}"
+    if ctx.tx is not None:
+        try:
+            return await _write_in(ctx, ctx.tx, type_, id_, method, build, if_match)
+        except VersionConflict:
+            raise errors.conflict(f"{ref} was changed by another request; retry") from None
     for _ in range(MAX_WRITE_ATTEMPTS):
         try:
             async with ctx.store.transaction() as tx:
-                current = await tx.current(type_, id_)
-                _check_if_match(current, if_match, ref)
-                content = build(current)
-                if content is UNCHANGED and current is not None:
-                    return WriteResult(current, created=False, changed=False)
-                number = (current.version if current else 0) + 1
-                instant = clock.next(current.last_updated if current else None)
-                body = None if content is None else _with_meta(
-                    content, type_, id_, number, instant  # type: ignore[arg-type]
-                )
-                version = Version(type_, id_, number, instant, method, body)
-                await tx.put(version)
-            return WriteResult(version, created=current is None or current.deleted)
+                result = await _write_in(ctx, tx, type_, id_, method, build, if_match)
+            return result
         except VersionConflict:
             if if_match is not None:
                 raise errors.precondition_failed(
-                    f"{ref} was changed by another request; version {if_match} is no longer "
-                    "current"
+                    f"{ref} was changed by another request; version {if_match} is no longer current"
                 ) from None
         except StorageError as exc:
             raise errors.unavailable(f"Storage failed, nothing was written: {exc}") from None
     raise errors.conflict(f"{ref} is being changed by too many requests at once; retry")
+
+
+async def _write_in(
+    ctx: RequestContext,
+    tx: Transaction,
+    type_: str,
+    id_: str,
+    method: str,
+    build: Builder,
+    if_match: int | None,
+) -> WriteResult:
+    current = await tx.current(type_, id_)
+    _check_if_match(current, if_match, f"{type_}/{id_}")
+    content = build(current)
+    if content is UNCHANGED and current is not None:
+        return WriteResult(current, created=False, changed=False)
+    number = (current.version if current else 0) + 1
+    instant = clock.next(current.last_updated if current else None)
+    if content is None:
+        version = Version(type_, id_, number, instant, method, None)
+        await tx.put(version)
+    else:
+        stored = _with_meta(content, type_, id_, number, instant)  # type: ignore[arg-type]
+        version = Version(type_, id_, number, instant, method, orjson.dumps(stored))
+        await tx.put(version, index_resource(stored, ctx.registry))
+    return WriteResult(version, created=current is None or current.deleted)
 
 
 async def create(ctx: RequestContext, type_: str, resource: Any) -> WriteResult:
@@ -159,8 +185,10 @@ async def update(
     new_content = _content(resource)
 
     def build(current: Version | None) -> Resource | object:
-        if current is not None and not current.deleted and (
-            _content(current.resource()) == new_content
+        if (
+            current is not None
+            and not current.deleted
+            and (_content(current.resource()) == new_content)
         ):
             return UNCHANGED
         return resource
@@ -169,7 +197,11 @@ async def update(
 
 
 async def patch(
-    ctx: RequestContext, type_: str, id_: str, kind: str, document: Any,
+    ctx: RequestContext,
+    type_: str,
+    id_: str,
+    kind: str,
+    document: Any,
     if_match: int | None = None,
 ) -> WriteResult:
     """Apply a JSON Patch (`kind="json-patch"`) or a FHIRPath Patch Parameters resource."""
@@ -183,10 +215,15 @@ async def patch(
         else:
             after = apply_fhirpath_patch(before, document)
         if after.get("resourceType") != type_ or after.get("id") != id_:
-            raise errors.unprocessable([errors.Issue(
-                "invalid", "A patch may not change the resource's type or id",
-                expression=(f"{type_}.id",),
-            )])
+            raise errors.unprocessable(
+                [
+                    errors.Issue(
+                        "invalid",
+                        "A patch may not change the resource's type or id",
+                        expression=(f"{type_}.id",),
+                    )
+                ]
+            )
         validate_structure(after)
         return UNCHANGED if _content(after) == _content(before) else after
 
@@ -226,7 +263,11 @@ def _require_live(current: Version | None, type_: str, id_: str) -> None:
 
 async def read(ctx: RequestContext, type_: str, id_: str) -> Version:
     try:
-        current = await ctx.store.read(type_, id_)
+        # Inside a transaction bundle, reads see the bundle's own earlier writes.
+        if ctx.tx is not None:
+            current = await ctx.tx.current(type_, id_)
+        else:
+            current = await ctx.store.read(type_, id_)
     except StorageError as exc:
         raise errors.unavailable(f"Storage failed: {exc}") from None
     _require_live(current, type_, id_)
@@ -293,7 +334,9 @@ def _history_entry(base: str, v: Version) -> Resource:
         entry["resource"] = v.resource()
     entry["request"] = {"method": v.method, "url": url}
     entry["response"] = {
-        "status": status, "etag": f'W/"{v.version}"', "lastModified": v.last_updated
+        "status": status,
+        "etag": f'W/"{v.version}"',
+        "lastModified": v.last_updated,
     }
     return entry
 

@@ -18,6 +18,7 @@ import orjson
 from fhir_server import errors, interactions
 from fhir_server.config import Settings
 from fhir_server.context import RequestContext
+from fhir_server.search.registry import Registry
 from fhir_server.store.base import Store
 
 
@@ -121,10 +122,10 @@ async def load_item(ctx: RequestContext, item: Item, summary: LoadSummary) -> No
 
 
 async def load_paths(
-    store: Store, settings: Settings, paths: list[Path],
+    store: Store, settings: Settings, registry: Registry, paths: list[Path],
     progress: Callable[[str], None] | None = None,
 ) -> LoadSummary:
-    ctx = RequestContext(store, settings, settings.base_url or "")
+    ctx = RequestContext(store, settings, registry, settings.base_url or "")
     summary = LoadSummary()
     for path in files(paths):
         if not path.is_file():

@@ -10,7 +10,7 @@ import orjson
 import pytest
 from lxml import etree
 
-from fhir_server.errors import BadRequest
+from fhir_server.errors import BadRequest, FhirError
 from fhir_server.formats.xml import FHIR_NS, XHTML_NS, resource_to_xml, xml_to_resource
 
 FIXTURES = Path(__file__).parent / "fixtures" / "xml"
@@ -31,10 +31,12 @@ def parse_xml(data: bytes) -> etree._Element:
     return etree.fromstring(data, etree.XMLParser(remove_blank_text=True))
 
 
-def error_of(data: bytes) -> BadRequest:
-    with pytest.raises(BadRequest) as caught:
+def error_of(data: bytes, status: int = 400) -> FhirError:
+    """The error parsing `data` raises: 400 when it is not FHIR XML at all, 422 when it is
+    well-formed XML whose content is not a valid resource (as for JSON)."""
+    with pytest.raises(FhirError) as caught:
         xml_to_resource(data)
-    assert caught.value.status == 400
+    assert caught.value.status == status
     return caught.value
 
 
@@ -249,10 +251,10 @@ def test_document_level_errors(data: bytes, message: str) -> None:
     ],
 )
 def test_element_errors_point_at_the_element(body: str, expression: str, message: str) -> None:
-    error = error_of(patient_xml(body))
+    error = error_of(patient_xml(body), 422)
     assert error.issues[0].expression == (expression,)
     assert message in error.issues[0].diagnostics
-    assert error.outcome()["issue"][0]["code"] == "invalid"
+    assert error.outcome()["issue"][0]["code"] == "structure"
 
 
 def test_nested_resource_errors_carry_the_nested_path() -> None:
@@ -260,7 +262,8 @@ def test_nested_resource_errors_carry_the_nested_path() -> None:
         f'<Bundle xmlns="{FHIR_NS}"><type value="collection"/><entry><resource><Patient>'
         '<birthDate value="2000" foo="1"/></Patient></resource></entry></Bundle>'
     )
-    assert error_of(data.encode()).issues[0].expression == ("Bundle.entry[0].resource.birthDate",)
+    error = error_of(data.encode(), 422)
+    assert error.issues[0].expression == ("Bundle.entry[0].resource.birthDate",)
 
 
 # --- hardening --------------------------------------------------------------------------------

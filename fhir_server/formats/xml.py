@@ -37,12 +37,17 @@ from fhir_server.definitions import (
     TypeDefinition,
     type_definition,
 )
-from fhir_server.errors import bad_request
+from fhir_server.errors import Issue, Unprocessable, bad_request, unprocessable
 
 __all__ = ["FHIR_NS", "XHTML_NS", "resource_to_xml", "xml_to_resource"]
 
 FHIR_NS = "http://hl7.org/fhir"
 XHTML_NS = "http://www.w3.org/1999/xhtml"
+
+
+def _invalid(message: str, path: str | None = None) -> Unprocessable:
+    """Well-formed XML that is not a valid resource: 422, like the same content in JSON."""
+    return unprocessable([Issue("structure", message, expression=(path,) if path else ())])
 _F = "{" + FHIR_NS + "}"
 _XHTML_DIV = "{" + XHTML_NS + "}div"
 _EXTENSION_TAG = _F + "extension"
@@ -270,7 +275,7 @@ def _read_object(
         if prop is not None and prop.xml_attr:
             out[attribute] = value
         elif not attribute.startswith("{"):  # namespaced ones (xsi:schemaLocation) carry no data
-            raise bad_request(f"Unexpected attribute '{attribute}' on {path}", path)
+            raise _invalid(f"Unexpected attribute '{attribute}' on {path}", path)
     _check_text(element.text, path)
     counts: dict[str, int] = {}
     companions: dict[str, list[Any]] = {}
@@ -283,7 +288,7 @@ def _read_object(
         index = counts.get(name, 0)
         counts[name] = index + 1
         if index and not prop.array:
-            raise bad_request(f"Element '{name}' may occur only once in {path}", f"{path}.{name}")
+            raise _invalid(f"Element '{name}' may occur only once in {path}", f"{path}.{name}")
         child_path = f"{path}.{name}[{index}]" if prop.array else f"{path}.{name}"
         if prop.kind in _PRIMITIVE:
             value, companion = _read_primitive(child, prop.kind, child_path)
@@ -301,17 +306,17 @@ def _read_object(
 
 def _check_text(text: str | None, path: str) -> None:
     if text and not text.isspace():
-        raise bad_request(f"Unexpected text content in {path}: {text.strip()[:40]!r}", path)
+        raise _invalid(f"Unexpected text content in {path}: {text.strip()[:40]!r}", path)
 
 
 def _child_property(tag: str, props: dict[str, Property], path: str) -> Property:
     namespace, name = _split(tag)
     prop = props.get(name)
     if prop is None or prop.xml_attr:
-        raise bad_request(f"Unknown element '{name}' in {path}", f"{path}.{name}")
+        raise _invalid(f"Unknown element '{name}' in {path}", f"{path}.{name}")
     expected = XHTML_NS if prop.kind is Kind.XHTML else FHIR_NS
     if namespace != expected:
-        raise bad_request(
+        raise _invalid(
             f"Element '{name}' in {path} must be in the namespace {expected}", f"{path}.{name}"
         )
     return prop
@@ -357,7 +362,7 @@ def _read_primitive(element: etree._Element, kind: Kind, path: str) -> tuple[Any
         elif attribute == "id":
             companion["id"] = value
         elif not attribute.startswith("{"):
-            raise bad_request(f"Unexpected attribute '{attribute}' on {path}", path)
+            raise _invalid(f"Unexpected attribute '{attribute}' on {path}", path)
     _check_text(element.text, path)
     extension = _extension_type()
     extensions = []
@@ -367,13 +372,13 @@ def _read_primitive(element: etree._Element, kind: Kind, path: str) -> tuple[Any
         _check_text(child.tail, path)
         if child.tag != _EXTENSION_TAG:
             name = _split(child.tag)[1]
-            raise bad_request(f"Unknown element '{name}' in {path}", f"{path}.{name}")
+            raise _invalid(f"Unknown element '{name}' in {path}", f"{path}.{name}")
         item_path = f"{path}.extension[{len(extensions)}]"
         extensions.append(_read_object(child, extension, item_path, {}))
     if extensions:
         companion["extension"] = extensions
     if text is None and not companion:
-        raise bad_request(f"{path} has neither a value nor extensions", path)
+        raise _invalid(f"{path} has neither a value nor extensions", path)
     value = None if text is None else _primitive_value(text, kind, path)
     return value, companion or None
 
@@ -390,7 +395,7 @@ def _primitive_value(text: str, kind: Kind, path: str) -> Any:
     elif _DECIMAL.fullmatch(text):
         # Same as orjson would give for the JSON number: int unless there is a fraction/exponent.
         return int(text) if _INTEGER.fullmatch(text) else float(text)
-    raise bad_request(f"Invalid {kind} value {text!r} at {path}", path)
+    raise _invalid(f"Invalid {kind} value {text!r} at {path}", path)
 
 
 def _read_div(element: etree._Element) -> str:
@@ -406,14 +411,14 @@ def _read_div(element: etree._Element) -> str:
 
 def _read_contained(element: etree._Element, path: str) -> dict[str, Any]:
     if any(not attribute.startswith("{") for attribute in element.attrib):
-        raise bad_request(f"Unexpected attribute on {path}", path)
+        raise _invalid(f"Unexpected attribute on {path}", path)
     _check_text(element.text, path)
     children = [child for child in element if isinstance(child.tag, str)]
     if len(children) != 1:
-        raise bad_request(f"{path} must contain exactly one resource", path)
+        raise _invalid(f"{path} must contain exactly one resource", path)
     child = children[0]
     _check_text(child.tail, path)
     namespace, resource_type = _split(child.tag)
     if namespace != FHIR_NS or resource_type not in R4_RESOURCE_TYPES:
-        raise bad_request(f"Unknown resource type '{resource_type}' in {path}", path)
+        raise _invalid(f"Unknown resource type '{resource_type}' in {path}", path)
     return _read_resource(child, resource_type, path)

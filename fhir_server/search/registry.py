@@ -163,7 +163,7 @@ def _components(
 ) -> tuple[tuple[str, str], ...]:
     if resource["type"] != "composite":
         return ()
-    codes = default_registry()._codes_by_url if component_codes is None else component_codes
+    codes = _standard_codes() if component_codes is None else component_codes
     components = []
     for component in resource.get("component") or ():
         definition = component.get("definition")
@@ -178,9 +178,10 @@ def _components(
     return tuple(components)
 
 
-def _load_params() -> list[SearchParam]:
+@functools.cache
+def _load_params() -> tuple[SearchParam, ...]:
     data = orjson.loads(PARAMETERS_FILE.read_bytes())
-    return [
+    return tuple(
         SearchParam(
             code=item["code"],
             type=item["type"],
@@ -192,12 +193,17 @@ def _load_params() -> list[SearchParam]:
         )
         for item in data["parameters"]
         for base, expression in item["expressions"].items()
-    ]
+    )
 
 
 @functools.cache
+def _standard_codes() -> Mapping[str, str]:
+    return MappingProxyType({p.url: p.code for p in _load_params()})
+
+
 def default_registry() -> Registry:
-    """The standard R4 parameters; custom ones are added to this same instance."""
+    """A new registry of the standard R4 parameters (each server has its own, as custom
+    parameters are added to it)."""
     return Registry(_load_params())
 
 

@@ -1,4 +1,5 @@
-"""Structural validation with fhir.resources (R4B models): element names, types, cardinality.
+"""Structural validation: the JSON shape against the R4 definitions, then value formats with
+fhir.resources (R4B models).
 
 Pydantic reports error locations as tuples of field names and list indices; we turn them into
 FHIRPath expressions (`Patient.name[0].family`) so a client can find the offending element.
@@ -14,6 +15,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from fhir_server.errors import Issue, bad_request, unprocessable
+from fhir_server.validation.json_shape import check_json_shape
 
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -40,26 +42,43 @@ def _issue(resource_type: str, error: Any) -> Issue:
     expression = fhirpath(resource_type, loc)
     kind = error.get("type", "")
     if kind == "extra_forbidden":
-        return Issue("structure", f"Unknown element '{loc[-1]}' at {expression}", expression=(
-            expression,))
+        return Issue(
+            "structure", f"Unknown element '{loc[-1]}' at {expression}", expression=(expression,)
+        )
     if kind == "missing":
-        return Issue("required", f"Missing required element {expression}", expression=(
-            expression,))
+        return Issue("required", f"Missing required element {expression}", expression=(expression,))
     message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
     return Issue("value", f"{expression}: {message}", expression=(expression,))
 
 
 def validate_structure(resource: dict[str, Any]) -> None:
     """Raise a 422 listing every structural problem of `resource` (its type is known)."""
+    issues = check_json_shape(resource)
+    seen = {i.expression for i in issues}
     resource_type = resource["resourceType"]
     try:
         _model(resource_type).model_validate(resource)
     except ValidationError as exc:
-        raise unprocessable([_issue(resource_type, e) for e in exc.errors()]) from None
-    except (TypeError, ValueError) as exc:
-        # fhir.resources raises plain errors for some malformed shapes (e.g. a list where an
-        # object belongs) instead of collecting them.
-        raise unprocessable([Issue("structure", str(exc), expression=(resource_type,))]) from None
+        # Element names and cardinality are judged by the R4 definitions (json_shape), so the
+        # R4B models' own opinion on those is left out.
+        issues += [
+            i
+            for i in (
+                _issue(resource_type, e)
+                for e in exc.errors()
+                if e.get("type") not in ("extra_forbidden", "missing")
+            )
+            if i.expression not in seen
+        ]
+    except Exception as exc:
+        if not issues:
+            issues.append(
+                Issue(
+                    "structure", f"Not a valid {resource_type}: {exc}", expression=(resource_type,)
+                )
+            )
+    if issues:
+        raise unprocessable(issues)
 
 
 def check_id(id_: str, where: str) -> None:

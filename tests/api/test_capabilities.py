@@ -135,19 +135,8 @@ def minimal(type_: str) -> dict[str, Any]:
     return {"resourceType": type_, **sample(type_)}
 
 
-# R4 and R4B differ for these types; the R4B model refuses a valid R4 resource.
-R4B_DIFFERENCES = {
-    "Evidence": "Evidence: a minimal valid R4 Evidence ({status, exposureBackground}) is refused "
-    "with 422 (R4B model requires variableDefinition, knows no exposureBackground)",
-}
-
-
 def _type_params() -> list[Any]:
-    return [
-        pytest.param(t, marks=pytest.mark.xfail(strict=True, reason=R4B_DIFFERENCES[t]))
-        if t in R4B_DIFFERENCES else t
-        for t in sorted(MODELLED_RESOURCE_TYPES)
-    ]
+    return sorted(MODELLED_RESOURCE_TYPES)
 
 
 def test_minimal_samples_follow_the_definitions() -> None:

@@ -369,11 +369,6 @@ async def test_unacceptable_accept_is_406_outcome(client: httpx.AsyncClient, acc
     assert body["issue"][0]["code"] == "not-supported"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="POST /Patient with Accept: text/plain stores the resource and then answers 406, so "
-    "the client sees a failure for a write that happened (and a retry duplicates it)",
-)
 async def test_406_leaves_nothing_written(client: httpx.AsyncClient) -> None:
     """A 406 must not hide a write: either refuse before writing, or answer 201 in JSON."""
     response = await client.post(
@@ -427,11 +422,6 @@ async def test_xml_unknown_element_reports_expression(client: httpx.AsyncClient)
     assert [e for i in result["issue"] for e in i.get("expression", [])] == ["Patient.foo"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="An unknown element or a wrongly typed value in an XML body is a 400, while the same "
-    "content in JSON is a 422 (README: 422 for an invalid resource)",
-)
 @pytest.mark.parametrize(
     "replacement", ['<foo value="1"/>', '<active value="yes"/>'], ids=["unknown", "type"]
 )

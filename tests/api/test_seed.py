@@ -17,6 +17,7 @@ from fhir_server.app import create_app, seed
 from fhir_server.config import PROJECT_ROOT, Settings
 from fhir_server.formats.xml import xml_to_resource
 from fhir_server.loader import load_paths
+from fhir_server.search.registry import default_registry
 from fhir_server.store.base import Store
 from tests.api.conftest import BASE
 from tests.api.test_crud import FHIR_JSON, patient
@@ -118,11 +119,11 @@ async def test_loading_the_seed_again_changes_nothing(seed_store: Store, tmp_pat
     expected = seed_resources()
     async with running(settings, seed_store) as client:
         first = await system_history(client)
-        summary = await load_paths(seed_store, settings, [SEED_DIR])
+        summary = await load_paths(seed_store, settings, default_registry(), [SEED_DIR])
         assert (summary.created, summary.updated, summary.deleted) == (0, 0, 0)
         assert summary.unchanged == len(expected)
         assert summary.failures == []
-        await seed(seed_store, settings)
+        await seed(seed_store, settings, default_registry())
         assert await system_history(client) == first
 
 
