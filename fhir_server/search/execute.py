@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -20,7 +20,7 @@ import orjson
 from fhir_server import errors
 from fhir_server.context import RequestContext
 from fhir_server.definitions import MODELLED_RESOURCE_TYPES
-from fhir_server.search import types
+from fhir_server.search import types, valuesets
 from fhir_server.search.fhirpath import compile_expression
 from fhir_server.search.model import And, IdMatch, Or, Predicate, ReferenceEntry, ReferenceMatch
 from fhir_server.search.parser import Include, SearchRequest, parse_search
@@ -249,6 +249,8 @@ async def search(
     request = parse_search(single, params, ctx.registry, ctx.base_url, strict)
     if not scope.path and request.types:
         scope = Scope(request.types, "")
+    if request.where is not None:
+        request = replace(request, where=await valuesets.resolve(ctx, request.where))
     cursor = Cursor.decode(request.cursor) if request.cursor else None
     size = 0 if request.summary == "count" else _page_size(ctx, request)
     try:

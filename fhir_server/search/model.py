@@ -162,6 +162,15 @@ class UriMatch:
 
 
 @dataclass(frozen=True, slots=True)
+class ValueSetMatch:
+    """Token `:in` a ValueSet stored on this server (by canonical URL). The search layer
+    replaces it with the TokenMatches of the expansion before an engine sees it."""
+
+    param: str
+    valueset: str
+
+
+@dataclass(frozen=True, slots=True)
 class Missing:
     """`param:missing=true` (missing=True) or `=false`."""
 
@@ -223,7 +232,7 @@ class Has:
 
 Predicate = (
     StringMatch | TokenMatch | RangeMatch | ReferenceMatch | UriMatch | Missing | IdMatch | Not
-    | And | Or | Composite | Chain | Has
+    | And | Or | Composite | Chain | Has | ValueSetMatch
 )
 
 

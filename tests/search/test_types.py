@@ -29,6 +29,7 @@ from fhir_server.search.model import (
     StringMatch,
     TokenEntry,
     TokenMatch,
+    ValueSetMatch,
     UriEntry,
     UriMatch,
     normalize,
@@ -259,6 +260,12 @@ def test_token_value_forms(value: str, system: str | None, code: str) -> None:
     assert token.parse(CODE, None, value) == TokenMatch("code", system, code)
 
 
+def test_token_in_and_not_in_name_a_valueset() -> None:
+    url = "http://example.org/ValueSet/x"
+    assert token.parse(CODE, "in", url) == ValueSetMatch("code", url)
+    assert token.parse(CODE, "not-in", url) == Not(ValueSetMatch("code", url))
+
+
 def test_token_text_not_and_of_type() -> None:
     assert token.parse(CODE, "text", "Blutdrück") == TokenMatch("code", text="blutdruck")
     assert token.parse(CODE, "not", "a|b") == Not(TokenMatch("code", "a", "b"))
@@ -268,8 +275,7 @@ def test_token_text_not_and_of_type() -> None:
 @pytest.mark.parametrize(
     ("modifier", "value", "message"),
     [
-        ("in", "http://hl7.org/fhir/ValueSet/x", "ValueSet"),
-        ("not-in", "http://hl7.org/fhir/ValueSet/x", "ValueSet"),
+        ("in", "", "empty"),
         ("below", "a|b", "subsumption"),
         ("exact", "a", "not supported"),
         (None, "a|b|c", "more than one"),

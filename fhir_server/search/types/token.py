@@ -17,8 +17,9 @@ Extraction, following the spec's table of token data types:
 Matching: `code` any system; `system|code`; `|code` only entries without a system; `system|`
 any code in that system. :text is a prefix match on the normalised text. :not is the resource-
 level negation `Not(...)` (the parser folds `:not=a,b` into "neither a nor b"). :of-type takes
-`system|code|value`. :in, :not-in, :above and :below need terminology (a ValueSet expansion or
-subsumption) and are rejected.
+`system|code|value`. :in / :not-in name a ValueSet stored on the server: they parse to a
+ValueSetMatch that the search layer expands (search/valuesets.py). :above and :below need code
+subsumption and are rejected.
 
 Sorting: by the smallest code ascending, the largest descending.
 """
@@ -36,6 +37,7 @@ from fhir_server.search.model import (
     SortValue,
     TokenEntry,
     TokenMatch,
+    ValueSetMatch,
     normalize,
 )
 from fhir_server.search.types.common import (
@@ -139,10 +141,12 @@ def _of_type(code: str, value: str) -> TokenMatch:
 def parse(
     param: SearchParam, modifier: str | None, value: str, ctx: ParseContext = DEFAULT_CONTEXT
 ) -> Predicate:
+    if modifier in ("in", "not-in"):
+        match = ValueSetMatch(param.code, unescape(required(value, "ValueSet URL")))
+        return Not(match) if modifier == "not-in" else match
     if modifier in _TERMINOLOGY:
         raise ValueError(
-            f":{modifier} on '{param.code}' needs a ValueSet lookup or code "
-            "subsumption, which this server does not do"
+            f":{modifier} on '{param.code}' needs code subsumption, which this server does not do"
         )
     reject_modifier(param, modifier, ("text", "not", "of-type"))
     if modifier == "text":
