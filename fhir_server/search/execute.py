@@ -123,17 +123,23 @@ async def _page(
             raise errors.bad_request("_cursor does not belong to this search", "_cursor")
         start = types_.index(cursor.type)
     if cursor is not None and cursor.backwards:
-        query = SearchQuery(
-            cursor.type,
-            _where(request, cursor.type, scope),
-            request.sort,
-            size + 1,
-            cursor.position,
-            backwards=True,
-        )
-        found = await ctx.store.search(query)
-        more_before = len(found) > size
-        return found[-size:] if size else [], more_before, cursor.type
+        # Walk back from the cursor through this type, then the types before it.
+        earlier: list[Match] = []
+        for index in range(start, -1, -1):
+            type_ = types_[index]
+            after = cursor.position if index == start else None
+            query = SearchQuery(
+                type_,
+                _where(request, type_, scope),
+                request.sort,
+                size + 1 - len(earlier),
+                after,
+                backwards=True,
+            )
+            earlier = await ctx.store.search(query) + earlier
+            if len(earlier) > size:
+                break
+        return earlier[-size:] if size else [], len(earlier) > size, cursor.type
     matches: list[Match] = []
     for index in range(start, len(types_)):
         type_ = types_[index]
