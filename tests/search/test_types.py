@@ -29,9 +29,9 @@ from fhir_server.search.model import (
     StringMatch,
     TokenEntry,
     TokenMatch,
-    ValueSetMatch,
     UriEntry,
     UriMatch,
+    ValueSetMatch,
     normalize,
 )
 from fhir_server.search.types import (
