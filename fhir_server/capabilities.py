@@ -16,7 +16,7 @@ PUBLISHED = "2026-11-23"
 
 
 @cache
-def _resources() -> tuple[dict[str, Any], ...]:
+def _resources(conditional_delete: str) -> tuple[dict[str, Any], ...]:
     return tuple(
         {
             "type": type_,
@@ -25,10 +25,10 @@ def _resources() -> tuple[dict[str, Any], ...]:
             "versioning": "versioned-update",
             "readHistory": True,
             "updateCreate": True,
-            "conditionalCreate": False,
+            "conditionalCreate": True,
             "conditionalRead": "full-support",
-            "conditionalUpdate": False,
-            "conditionalDelete": "not-supported",
+            "conditionalUpdate": True,
+            "conditionalDelete": conditional_delete,
         }
         for type_ in sorted(MODELLED_RESOURCE_TYPES)
     )
@@ -51,8 +51,12 @@ def capability_statement(ctx: RequestContext) -> dict[str, Any]:
         "rest": [
             {
                 "mode": "server",
-                "resource": list(_resources()),
-                "interaction": [{"code": "history-system"}],
+                "resource": list(_resources(ctx.settings.conditional_delete)),
+                "interaction": [
+                    {"code": "transaction"},
+                    {"code": "batch"},
+                    {"code": "history-system"},
+                ],
             }
         ],
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -30,3 +31,8 @@ class Settings(BaseSettings):
     """Page size of a search without _count."""
     search_max_count: int = 1000
     """Largest page a search returns, whatever _count asks."""
+    max_bundle_entries: int = 10_000
+    """A batch or transaction Bundle with more entries is refused with 413."""
+    conditional_delete: Literal["single", "multiple"] = "single"
+    """`DELETE /fhir/Type?query` matching several resources: `single` answers 412 and deletes
+    nothing; `multiple` deletes every match (up to `max_bundle_entries`)."""

@@ -163,12 +163,37 @@ async def _write_in(
     return WriteResult(version, created=current is None or current.deleted)
 
 
-async def create(ctx: RequestContext, type_: str, resource: Any) -> WriteResult:
+def prepare_create(type_: str, resource: Any) -> Resource:
+    """Check and validate the body of a create (400/422), dropping any client id."""
     resource = _check_body(resource, type_)
     # The server assigns the id; a client-supplied one is ignored (http.html#create).
     resource.pop("id", None)
     validate_structure(resource)
-    return await _write(ctx, type_, str(uuid.uuid4()), "POST", lambda _: resource, None)
+    return resource
+
+
+async def create(
+    ctx: RequestContext,
+    type_: str,
+    resource: Any,
+    id_: str | None = None,
+    *,
+    prepared: bool = False,
+) -> WriteResult:
+    """Create with a new server id (`id_`: one chosen in advance, as a transaction bundle does
+    for its POST entries); `prepared` when `prepare_create` already checked the body."""
+    if not prepared:
+        resource = prepare_create(type_, resource)
+    return await _write(ctx, type_, id_ or new_id(), "POST", lambda _: resource, None)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def check_body(resource: Any, type_: str) -> Resource:
+    """400 unless `resource` is a JSON object of `type_`."""
+    return _check_body(resource, type_)
 
 
 async def update(

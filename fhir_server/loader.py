@@ -4,6 +4,11 @@ Used by `fhir-server load` and by start-up seeding. Each resource goes through t
 interactions as the REST API (validation, versioning), so loaded data is indistinguishable from
 data written over HTTP. A resource with an id is an update (update-as-create), so loading the
 same files twice changes nothing; one without an id is a create.
+
+Transaction and batch Bundles go through `bundles.py` exactly as `POST /fhir` would take them:
+a transaction is all-or-nothing with its `urn:uuid:` references resolved to server ids (so
+Synthea bundles load as they are), a batch loads entry by entry. Other Bundles (collection,
+searchset, history) have each entry's resource loaded on its own.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from fhir_server import errors, interactions
+from fhir_server import bundles, errors, interactions
 from fhir_server.config import Settings
 from fhir_server.context import RequestContext
 from fhir_server.search.registry import Registry
@@ -121,6 +126,51 @@ async def load_item(ctx: RequestContext, item: Item, summary: LoadSummary) -> No
         summary.failures.append(f"{item.where}: {exc}")
 
 
+def _processed_bundle(path: Path) -> dict[str, Any] | None:
+    """The file's content when it is a transaction or batch Bundle."""
+    if path.suffix != ".json":
+        return None
+    document = _parse(path.read_bytes())
+    if isinstance(document, dict) and document.get("resourceType") == "Bundle" and (
+        document.get("type") in bundles.PROCESSING
+    ):
+        return document
+    return None
+
+
+async def load_bundle(
+    ctx: RequestContext, path: Path, bundle: dict[str, Any], summary: LoadSummary
+) -> None:
+    """A transaction (all or nothing) or batch (entry by entry), as `POST /fhir` does it."""
+    try:
+        kind = bundles.check_bundle(ctx, bundle)
+        raw = bundle.get("entry") or []
+        if kind == "transaction":
+            entries = [bundles.parse_entry(ctx, i, e) for i, e in enumerate(raw)]
+            results = await bundles.run_transaction(ctx, entries)
+        else:
+            results = [await bundles.batch_entry(ctx, i, e) for i, e in enumerate(raw)]
+    except errors.FhirError as exc:
+        summary.failures.append(f"{path} (transaction, nothing loaded): {exc}")
+        return
+    for index, result in enumerate(results):
+        write = result.write
+        if result.status >= 400:
+            outcome = result.outcome or {}
+            text = "; ".join(i.get("diagnostics", "") for i in outcome.get("issue", []))
+            summary.failures.append(f"{path}#entry[{index}]: {text}")
+        elif result.deleted:
+            summary.deleted += result.deleted
+        elif write is None:
+            continue
+        elif not write.changed:
+            summary.unchanged += 1
+        elif write.created:
+            summary.created += 1
+        else:
+            summary.updated += 1
+
+
 async def load_paths(
     store: Store, settings: Settings, registry: Registry, paths: list[Path],
     progress: Callable[[str], None] | None = None,
@@ -130,6 +180,13 @@ async def load_paths(
     for path in files(paths):
         if not path.is_file():
             summary.failures.append(f"{path}: no such file")
+            continue
+        bundle = _processed_bundle(path)
+        if bundle is not None:
+            await load_bundle(ctx, path, bundle, summary)
+            if progress is not None:
+                for index in range(len(bundle.get("entry") or [])):
+                    progress(f"{path}#entry[{index}]")
             continue
         for item in items(path):
             await load_item(ctx, item, summary)

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from fhir_server import errors, interactions
+from fhir_server import bundles, conditional, errors, interactions
 from fhir_server.api.formats import (
     JSON,
     JSON_PATCH,
@@ -188,8 +188,81 @@ async def read(request: Request) -> Response:
 
 async def create(request: Request) -> Response:
     ctx, rtype, _ = _writer(request)
-    result = await interactions.create(ctx, rtype, await _resource_body(request, ctx))
+    resource = await _resource_body(request, ctx)
+    if_none_exist = request.headers.get("if-none-exist")
+    if if_none_exist:
+        result = await conditional.create(ctx, rtype, resource, if_none_exist)
+        return write_response(request, ctx, result, 201 if result.created else 200)
+    result = await interactions.create(ctx, rtype, resource)
     return write_response(request, ctx, result, 201)
+
+
+async def process_bundle(request: Request) -> Response:
+    """`POST [base]`: a batch or transaction Bundle."""
+    negotiate(request)
+    ctx = context(request)
+    bundle = await _resource_body(request, ctx)
+    response = await bundles.process_bundle(ctx, bundle, _prefer(request, "return"))
+    return document_response(request, response)
+
+
+def _conditional(request: Request) -> None:
+    """PUT/PATCH/DELETE on a type are conditional interactions: they need search criteria.
+    Without any (or on /metadata, /_history, ...) the method is not allowed there: 405."""
+    rtype = request.path_params["rtype"]
+    criteria = [k for k in request.query_params if k not in ("_format", "_pretty")]
+    if not criteria or rtype == "metadata" or rtype.startswith("_"):
+        raise errors.method_not_allowed(
+            f"{request.method} is not supported on {request.url.path} without search criteria "
+            f"(conditional {request.method}: {request.url.path}?identifier=system|value)"
+        )
+
+
+async def conditional_update(request: Request) -> Response:
+    _conditional(request)
+    ctx, rtype, if_match = _writer(request)
+    resource = await _resource_body(request, ctx)
+    result = await conditional.update(ctx, rtype, request.url.query, resource, if_match)
+    return write_response(request, ctx, result, 201 if result.created else 200)
+
+
+async def _patch_document(request: Request, ctx: RequestContext) -> tuple[str, Any]:
+    fmt = body_format(request, (JSON_PATCH, JSON, XML))
+    body = await read_body(request, ctx.settings.max_body_bytes)
+    document = parse(body, XML if fmt == XML else JSON)
+    if fmt != JSON_PATCH and (
+        not isinstance(document, dict) or document.get("resourceType") != "Parameters"
+    ):
+        raise errors.bad_request(
+            "A FHIR patch body must be a Parameters resource (FHIRPath Patch); send JSON Patch "
+            f"as {JSON_PATCH}"
+        )
+    return ("json-patch" if fmt == JSON_PATCH else "fhirpath-patch"), document
+
+
+async def conditional_patch(request: Request) -> Response:
+    _conditional(request)
+    ctx, rtype, if_match = _writer(request)
+    kind, document = await _patch_document(request, ctx)
+    query = request.url.query
+    result = await conditional.patch(ctx, rtype, query, kind, document, if_match)
+    return write_response(request, ctx, result, 200)
+
+
+async def conditional_delete(request: Request) -> Response:
+    _conditional(request)
+    ctx, rtype, _ = _writer(request)
+    results = await conditional.delete(ctx, rtype, request.url.query)
+    headers = _version_headers(results[0].version) if len(results) == 1 else {}
+    if _prefer(request, "return") == "minimal":
+        return Response(status_code=204, headers=headers)
+    if results:
+        names = ", ".join(f"{r.version.type}/{r.version.id}" for r in results[:20])
+        more = f" and {len(results) - 20} more" if len(results) > 20 else ""
+        text = f"Deleted {len(results)} resource(s): {names}{more}"
+    else:
+        text = f"No {rtype} matches the criteria; nothing changed"
+    return document_response(request, errors.information_outcome(text), 200, headers)
 
 
 async def update(request: Request) -> Response:
@@ -201,17 +274,7 @@ async def update(request: Request) -> Response:
 
 async def patch(request: Request) -> Response:
     ctx, rtype, if_match = _writer(request)
-    fmt = body_format(request, (JSON_PATCH, JSON, XML))
-    body = await read_body(request, ctx.settings.max_body_bytes)
-    document = parse(body, XML if fmt == XML else JSON)
-    if fmt != JSON_PATCH and (
-        not isinstance(document, dict) or document.get("resourceType") != "Parameters"
-    ):
-        raise errors.bad_request(
-            "A FHIR patch body must be a Parameters resource (FHIRPath Patch); send JSON Patch "
-            f"as {JSON_PATCH}"
-        )
-    kind = "json-patch" if fmt == JSON_PATCH else "fhirpath-patch"
+    kind, document = await _patch_document(request, ctx)
     rid = request.path_params["rid"]
     result = await interactions.patch(ctx, rtype, rid, kind, document, if_match)
     return write_response(request, ctx, result, 200)
@@ -287,6 +350,8 @@ def _route(path: str, handler: Handler, *methods: str) -> Route:
 routes = [
     _route("/metadata", metadata, "GET"),
     _route("", search_system, "GET"),
+    _route("", process_bundle, "POST"),
+    _route("/", process_bundle, "POST"),
     _route("/_search", search_system, "POST"),
     _route("/_history", history_system, "GET"),
     _route("/{rtype}/_history", history_type, "GET"),
@@ -300,4 +365,7 @@ routes = [
     _route("/{rtype}/{rid}", delete, "DELETE"),
     _route("/{rtype}", search_type, "GET"),
     _route("/{rtype}", create, "POST"),
+    _route("/{rtype}", conditional_update, "PUT"),
+    _route("/{rtype}", conditional_patch, "PATCH"),
+    _route("/{rtype}", conditional_delete, "DELETE"),
 ]

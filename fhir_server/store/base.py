@@ -131,6 +131,10 @@ class StorageError(Exception):
     """The engine failed (I/O, lost connection, ...). Nothing of the failed write remains."""
 
 
+class LockTimeout(StorageError):
+    """`Transaction.lock` waited its bounded time and another transaction still holds the lock."""
+
+
 class Transaction(ABC):
     """Writes that commit together. Reads through it see its own uncommitted writes."""
 
@@ -146,6 +150,26 @@ class Transaction(ABC):
         The current version must be `version.version - 1` (0: the resource does not exist yet);
         otherwise raise VersionConflict and write nothing.
         """
+
+    @abstractmethod
+    async def search(self, query: SearchQuery) -> list[Match]:
+        """`Store.search`, seeing this transaction's own writes (conditional interactions,
+        conditional references and searches inside a transaction bundle)."""
+
+    @abstractmethod
+    async def count(self, type_: str, where: Predicate | None) -> int:
+        """`Store.count`, seeing this transaction's own writes."""
+
+    async def lock(self, key: str) -> None:
+        """Hold an exclusive lock named `key` until the transaction ends (commit or rollback).
+
+        Conditional interactions lock their criteria (`Type?normalised-query`) before they
+        search, so two of them with the same criteria cannot both see "no match" and both
+        create. Engines whose transactions are already serialised (SQLite: one writer holds
+        the write lock for the whole block) need do nothing. Raises StorageError when the
+        lock cannot be had in bounded time.
+        """
+        return None
 
 
 class Store(ABC):

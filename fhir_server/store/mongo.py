@@ -17,11 +17,14 @@ server transaction other requests can see a block's writes before it ends.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, NoReturn
 
 from bson.errors import BSONError
@@ -32,6 +35,7 @@ from fhir_server.search.model import EMPTY_INDEX, Predicate, ResourceIndex
 from fhir_server.store.base import (
     HistoryCursor,
     HistoryQuery,
+    LockTimeout,
     Match,
     SearchQuery,
     StorageError,
@@ -59,6 +63,11 @@ READ_FIELDS = {"v": 1, "lu": 1, "m": 1, "r": 1}
 HISTORY_INDEXES = [(("t", "i", "v"), True), (("lu", "t", "i"), False), (("t", "lu", "i"), False)]
 NEWEST_FIRST = [("lu", -1), ("t", -1), ("i", -1)]
 WRITE_CONFLICT = 112
+LOCKS = "locks"
+LOCK_WAIT = 10.0
+"""Seconds `lock` waits for a lock another transaction holds before giving up."""
+LOCK_STALE = 60.0
+"""A lock older than this was left by a process that died inside a transaction: it is broken."""
 Doc = dict[str, Any]
 
 
@@ -172,8 +181,50 @@ class MongoTransaction(Transaction):
         self._db = store._db
         self._history = store._history
         self._ensure_indexes = store.ensure_indexes
+        self._store = store
         self._session = session
         self._undo: list[_Undo] | None = None if server_side else []
+        self._locks: list[str] = []
+
+    async def search(self, query: SearchQuery) -> list[Match]:
+        return await self._store._search(query, self._session)
+
+    async def count(self, type_: str, where: Predicate | None) -> int:
+        return await self._store._count(type_, where, self._session)
+
+    async def lock(self, key: str) -> None:
+        """A document `{_id: key}` in `locks`, inserted outside any server transaction so
+        other transactions see it at once; its unique _id makes the insert the lock."""
+        if key in self._locks:
+            return
+        locks = self._db[LOCKS]
+        deadline = time.monotonic() + LOCK_WAIT
+        delay = 0.001
+        while True:
+            now = time.time()
+            try:
+                await locks.insert_one({"_id": key, "at": now})
+                self._locks.append(key)
+                return
+            except DuplicateKeyError:
+                with _guard(f"break stale lock {key}"):
+                    await locks.delete_one({"_id": key, "at": {"$lt": now - LOCK_STALE}})
+            except (PyMongoError, BSONError) as exc:
+                raise StorageError(f"MongoDB: lock {key} failed: {exc}") from exc
+            if time.monotonic() > deadline:
+                raise LockTimeout(f"{key} is locked by another transaction; retry")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    async def release(self) -> None:
+        if not self._locks:
+            return
+        try:
+            await self._db[LOCKS].delete_many({"_id": {"$in": self._locks}})
+        except PyMongoError as exc:
+            # The block's outcome stands; the locks expire after LOCK_STALE seconds.
+            log.warning("could not release locks %s: %s", self._locks, exc)
+        self._locks = []
 
     async def current(self, type_: str, id_: str) -> Version | None:
         with _guard(f"read {type_}/{id_}"):
@@ -322,17 +373,22 @@ class MongoStore(Store):
                 found += [_from_current(type_, d) for d in await cursor.to_list(None)]
         return found
 
-    async def _find(self, type_: str, filter_: Doc, projection: Doc) -> list[Doc]:
-        cursor = self._db[type_].find(filter_, projection or {"_id": 1})
+    async def _find(
+        self, type_: str, filter_: Doc, projection: Doc, session: Any = None
+    ) -> list[Doc]:
+        cursor = self._db[type_].find(filter_, projection or {"_id": 1}, session=session)
         return await cursor.to_list(None)
 
-    async def _filter(self, type_: str, where: Predicate | None) -> Doc:
+    async def _filter(self, type_: str, where: Predicate | None, session: Any = None) -> Doc:
         live: Doc = {"r": {"$ne": None}}
         if where is None:
             return live
-        return {"$and": [live, await render(where, type_, self._find)]}
+        return {"$and": [live, await render(where, type_, partial(self._find, session=session))]}
 
     async def search(self, query: SearchQuery) -> list[Match]:
+        return await self._search(query, None)
+
+    async def _search(self, query: SearchQuery, session: Any) -> list[Match]:
         if query.limit < 1:
             return []
         descending = query.directions()
@@ -340,12 +396,12 @@ class MongoStore(Store):
         order = [(f, -1 if d else 1) for f, d in zip(fields, descending, strict=True)]
         order.append(("_id", -1 if query.backwards else 1))
         with _guard(f"search {query.type}"):
-            filter_ = await self._filter(query.type, query.where)
+            filter_ = await self._filter(query.type, query.where, session)
             if query.after is not None:
                 keyset = keyset_filter(fields, descending, query.after, query.backwards)
                 filter_ = {"$and": [filter_, keyset]}
             projection = {**READ_FIELDS, **{f: 1 for f in fields if f not in ("_id", "lu")}}
-            cursor = self._db[query.type].find(filter_, projection).sort(order)
+            cursor = self._db[query.type].find(filter_, projection, session=session).sort(order)
             docs = await cursor.limit(query.limit).to_list(None)
         if query.backwards:
             docs.reverse()
@@ -355,8 +411,12 @@ class MongoStore(Store):
         ]
 
     async def count(self, type_: str, where: Predicate | None) -> int:
+        return await self._count(type_, where, None)
+
+    async def _count(self, type_: str, where: Predicate | None, session: Any) -> int:
         with _guard(f"count {type_}"):
-            return await self._db[type_].count_documents(await self._filter(type_, where))
+            filter_ = await self._filter(type_, where, session)
+            return await self._db[type_].count_documents(filter_, session=session)
 
     async def explain(self, query: SearchQuery) -> Doc:
         """MongoDB's plan for a search (tests assert index use against a real server)."""
@@ -423,8 +483,11 @@ class MongoStore(Store):
                 with _guard("start transaction"):
                     await session.start_transaction()
             try:
-                yield tx
-            except BaseException:
-                await tx.rollback()
-                raise
-            await tx.commit()
+                try:
+                    yield tx
+                except BaseException:
+                    await tx.rollback()
+                    raise
+                await tx.commit()
+            finally:
+                await tx.release()

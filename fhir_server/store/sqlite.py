@@ -79,8 +79,17 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 class SqliteTransaction(Transaction):
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, store: SqliteStore, conn: sqlite3.Connection) -> None:
+        self._store = store
         self._conn = conn
+
+    async def search(self, query: SearchQuery) -> list[Match]:
+        # The writer connection sees this transaction's writes; the store's write lock, held
+        # for the whole block, serialises the search with every other writer.
+        return self._store._search(self._conn, query)
+
+    async def count(self, type_: str, where: Predicate | None) -> int:
+        return self._store._count(self._conn, type_, where)
 
     async def current(self, type_: str, id_: str) -> Version | None:
         row = _guard(
@@ -144,8 +153,11 @@ class SqliteStore(Store):
             raise StorageError("SQLite store is not open")
         return self._reader
 
-    def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        return _guard(lambda: self._read_conn.execute(sql, params).fetchall())
+    def _fetch(
+        self, sql: str, params: tuple[Any, ...], conn: sqlite3.Connection | None = None
+    ) -> list[tuple[Any, ...]]:
+        use = conn or self._read_conn
+        return _guard(lambda: use.execute(sql, params).fetchall())
 
     async def read(self, type_: str, id_: str) -> Version | None:
         rows = self._fetch(
@@ -213,6 +225,9 @@ class SqliteStore(Store):
         return condition
 
     async def search(self, query: SearchQuery) -> list[Match]:
+        return self._search(self._read_conn, query)
+
+    def _search(self, conn: sqlite3.Connection, query: SearchQuery) -> list[Match]:
         descending = query.directions()
         sql = Sql()
         keys = [f"{sort_expression(key, sql)} AS k{i}" for i, key in enumerate(query.sort)]
@@ -227,15 +242,20 @@ class SqliteStore(Store):
         order.append("id DESC" if query.backwards else "id")
         text += f" ORDER BY {', '.join(order)} LIMIT ?"
         sql.params.append(query.limit)
-        rows = self._fetch(text, tuple(sql.params))
+        rows = self._fetch(text, tuple(sql.params), conn)
         if query.backwards:
             rows.reverse()
         return [Match(_version(row), (*row[6:], row[1])) for row in rows]
 
     async def count(self, type_: str, where: Predicate | None) -> int:
+        return self._count(self._read_conn, type_, where)
+
+    def _count(self, conn: sqlite3.Connection, type_: str, where: Predicate | None) -> int:
         sql = Sql()
         condition = self._where(type_, where, sql)
-        rows = self._fetch(f"SELECT count(*) FROM resources r WHERE {condition}", tuple(sql.params))
+        rows = self._fetch(
+            f"SELECT count(*) FROM resources r WHERE {condition}", tuple(sql.params), conn
+        )
         return int(rows[0][0])
 
     def explain(self, query: SearchQuery) -> list[str]:
@@ -256,7 +276,7 @@ class SqliteStore(Store):
                 raise StorageError("SQLite store is not open")
             _guard(lambda: conn.execute("BEGIN IMMEDIATE"))
             try:
-                yield SqliteTransaction(conn)
+                yield SqliteTransaction(self, conn)
             except BaseException:
                 _guard(lambda: conn.execute("ROLLBACK"))
                 raise
