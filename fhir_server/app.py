@@ -17,6 +17,7 @@ from fhir_server.api.routes import routes
 from fhir_server.config import Settings
 from fhir_server.loader import load_paths
 from fhir_server.search.registry import Registry, default_registry
+from fhir_server.search.reindex import load_active
 from fhir_server.store import build_store
 from fhir_server.store.base import Store
 
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         app.state.store = store or build_store(settings)
         await app.state.store.open()
         try:
+            await load_active(app.state.store, (app.state.registry, app.state.indexing))
             await seed(app.state.store, settings, app.state.registry)
             yield
         finally:
@@ -86,7 +88,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         title="fhir-server", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
     app.state.settings = settings
+    # Searchable parameters, and the ones writes index (ahead of them during a reindex).
     app.state.registry = default_registry()
+    app.state.indexing = default_registry()
     app.router.routes.extend(routes)
     app.add_exception_handler(errors.FhirError, _fhir_error)
     app.add_exception_handler(HTTPException, _http_error)

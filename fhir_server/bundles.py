@@ -43,7 +43,7 @@ from fhir_server.interactions import WriteResult
 from fhir_server.search import execute
 from fhir_server.search.model import Predicate
 from fhir_server.store.base import (
-    HistoryQuery,
+    DelegatingStore,
     LockTimeout,
     Match,
     SearchQuery,
@@ -590,14 +590,12 @@ def _walk(node: Any, mapping: dict[str, str], pending: list[tuple[Any, Any, str]
 # --- the store as a transaction sees it ----------------------------------------------------
 
 
-class TransactionView(Store):
+class TransactionView(DelegatingStore):
     """Reads and searches through a transaction, so GET entries see the bundle's own writes.
     History and vread see committed data."""
 
-    name = "transaction-view"
-
     def __init__(self, store: Store, tx: Transaction) -> None:
-        self._store = store
+        super().__init__(store)
         self._tx = tx
 
     async def open(self) -> None:
@@ -609,12 +607,6 @@ class TransactionView(Store):
     async def read(self, type_: str, id_: str) -> Version | None:
         return await self._tx.current(type_, id_)
 
-    async def vread(self, type_: str, id_: str, version: int) -> Version | None:
-        return await self._store.vread(type_, id_, version)
-
-    async def history(self, query: HistoryQuery) -> list[Version]:
-        return await self._store.history(query)
-
     async def read_many(self, refs: list[tuple[str, str]]) -> list[Version]:
         found = [await self._tx.current(t, i) for t, i in refs]
         return [v for v in found if v is not None and not v.deleted]
@@ -624,9 +616,6 @@ class TransactionView(Store):
 
     async def count(self, type_: str, where: Predicate | None) -> int:
         return await self._tx.count(type_, where)
-
-    async def is_empty(self) -> bool:
-        return await self._store.is_empty()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:

@@ -2,39 +2,52 @@
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any
 
 from fhir_server import __version__
 from fhir_server.context import RequestContext
 from fhir_server.definitions import MODELLED_RESOURCE_TYPES
+from fhir_server.search.registry import Registry
 
 TYPE_INTERACTIONS = (
-    "read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create"
+    "read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
+    "search-type",
 )
 PUBLISHED = "2026-11-23"
+REINDEX = {"name": "reindex", "definition": "http://fhir-server.dev/OperationDefinition/reindex"}
 
 
-@cache
-def _resources(conditional_delete: str) -> tuple[dict[str, Any], ...]:
-    return tuple(
-        {
-            "type": type_,
-            "profile": f"http://hl7.org/fhir/StructureDefinition/{type_}",
-            "interaction": [{"code": code} for code in TYPE_INTERACTIONS],
-            "versioning": "versioned-update",
-            "readHistory": True,
-            "updateCreate": True,
-            "conditionalCreate": True,
-            "conditionalRead": "full-support",
-            "conditionalUpdate": True,
-            "conditionalDelete": conditional_delete,
-        }
-        for type_ in sorted(MODELLED_RESOURCE_TYPES)
-    )
+def _search_params(registry: Registry, type_: str) -> list[dict[str, Any]]:
+    return [
+        {"name": p.code, "definition": p.url, "type": p.type}
+        for p in sorted(registry.params(type_).values(), key=lambda p: p.code)
+        if p.type != "special"
+    ]
+
+
+def _resource(ctx: RequestContext, type_: str) -> dict[str, Any]:
+    params = _search_params(ctx.registry, type_)
+    references = [p["name"] for p in params if p["type"] == "reference"]
+    return {
+        "type": type_,
+        "profile": f"http://hl7.org/fhir/StructureDefinition/{type_}",
+        "interaction": [{"code": code} for code in TYPE_INTERACTIONS],
+        "versioning": "versioned-update",
+        "readHistory": True,
+        "updateCreate": True,
+        "conditionalCreate": True,
+        "conditionalRead": "full-support",
+        "conditionalUpdate": True,
+        "conditionalDelete": ctx.settings.conditional_delete,
+        "searchInclude": ["*", *(f"{type_}:{r}" for r in references)],
+        "searchRevInclude": ["*"],
+        "searchParam": params,
+        "operation": [REINDEX],
+    }
 
 
 def capability_statement(ctx: RequestContext) -> dict[str, Any]:
+    """Built per request: custom search parameters switch on while the server runs."""
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -51,11 +64,16 @@ def capability_statement(ctx: RequestContext) -> dict[str, Any]:
         "rest": [
             {
                 "mode": "server",
-                "resource": list(_resources(ctx.settings.conditional_delete)),
+                "resource": [_resource(ctx, t) for t in sorted(MODELLED_RESOURCE_TYPES)],
                 "interaction": [
                     {"code": "transaction"},
                     {"code": "batch"},
+                    {"code": "search-system"},
                     {"code": "history-system"},
+                ],
+                # Every type has the Resource-level parameters; any one type lists them.
+                "searchParam": [
+                    p for p in _search_params(ctx.registry, "Basic") if p["name"].startswith("_")
                 ],
             }
         ],

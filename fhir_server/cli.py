@@ -88,5 +88,49 @@ def load(
     raise typer.Exit(asyncio.run(run()))
 
 
+@app.command()
+def reindex(
+    resource_type: Annotated[str, typer.Argument(help="Resource type to reindex, e.g. Patient")],
+    data_dir: DataDir = None,
+    mongodb_url: MongoUrl = None,
+) -> None:
+    """Index existing resources for the custom SearchParameters stored for a type, then
+    switch those parameters on (a running server picks them up at its next start)."""
+    from fhir_server import errors, interactions
+    from fhir_server.context import RequestContext
+    from fhir_server.search.registry import default_registry
+    from fhir_server.search.reindex import load_active
+    from fhir_server.search.reindex import reindex as run_reindex
+    from fhir_server.store import build_store
+
+    settings = settings_from(data_dir, mongodb_url)
+
+    async def run() -> int:
+        store = build_store(settings)
+        await store.open()
+        searchable, indexing = default_registry(), default_registry()
+        try:
+            interactions.check_type(resource_type)
+            await load_active(store, (searchable, indexing))
+            ctx = RequestContext(store, settings, searchable, settings.base_url or "")
+            with Progress(TextColumn("reindexing {task.fields[type]}"), TextColumn(
+                    "{task.completed} resources"), TimeElapsedColumn(), console=console) as bar:
+                task = bar.add_task("reindex", total=None, type=resource_type)
+                result = await run_reindex(
+                    ctx, indexing, resource_type, lambda n: bar.update(task, completed=n)
+                )
+        except errors.FhirError as exc:
+            console.print(f"[red]failed[/red] {exc}")
+            return 1
+        finally:
+            await store.close()
+        active = ", ".join(result.activated) or "none"
+        console.print(f"Reindexed {result.reindexed} {resource_type} resources; "
+                      f"custom parameters now searchable: {active}")
+        return 0
+
+    raise typer.Exit(asyncio.run(run()))
+
+
 def main() -> None:
     app()

@@ -18,3 +18,6 @@ class RequestContext:
     """FHIR base URL as the client sees it, without a trailing slash."""
     tx: Transaction | None = None
     """Set while the interaction is one entry of a transaction bundle: writes join it."""
+    indexing: Registry | None = None
+    """Parameters writes index, when not `registry`: during a reindex it already holds the
+    custom parameters that searches may not use yet."""

@@ -159,7 +159,7 @@ async def _write_in(
     else:
         stored = _with_meta(content, type_, id_, number, instant)  # type: ignore[arg-type]
         version = Version(type_, id_, number, instant, method, orjson.dumps(stored))
-        await tx.put(version, index_resource(stored, ctx.registry))
+        await tx.put(version, index_resource(stored, ctx.indexing or ctx.registry))
     return WriteResult(version, created=current is None or current.deleted)
 
 

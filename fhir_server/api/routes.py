@@ -30,7 +30,7 @@ from fhir_server.api.formats import (
 from fhir_server.capabilities import capability_statement
 from fhir_server.context import RequestContext
 from fhir_server.fhirtime import http_date, parse_http_date, parse_instant
-from fhir_server.search import execute
+from fhir_server.search import execute, reindex
 from fhir_server.shaping import check_summary, shape
 from fhir_server.store.base import Version
 
@@ -52,7 +52,9 @@ def base_url(request: Request) -> str:
 
 def context(request: Request) -> RequestContext:
     state = request.app.state
-    return RequestContext(state.store, state.settings, state.registry, base_url(request))
+    return RequestContext(
+        state.store, state.settings, state.registry, base_url(request), indexing=state.indexing
+    )
 
 
 def _params(request: Request) -> dict[str, list[str]]:
@@ -321,6 +323,18 @@ async def _run_search(request: Request, scope: execute.Scope) -> Response:
     return document_response(request, bundle)
 
 
+async def reindex_type(request: Request) -> Response:
+    """`POST [type]/$reindex`: backfill custom SearchParameters, then switch them on."""
+    negotiate(request)
+    rtype = _type(request)
+    ctx = context(request)
+    result = await reindex.reindex(ctx, request.app.state.indexing, rtype)
+    active = ", ".join(result.activated) or "none"
+    text = (f"Reindexed {result.reindexed} {rtype} resources; custom parameters searchable "
+            f"now: {active}")
+    return document_response(request, errors.information_outcome(text))
+
+
 async def search_type(request: Request) -> Response:
     return await _run_search(request, execute.type_scope(_type(request)))
 
@@ -356,6 +370,7 @@ routes = [
     _route("/_history", history_system, "GET"),
     _route("/{rtype}/_history", history_type, "GET"),
     _route("/{rtype}/_search", search_type, "POST"),
+    _route("/{rtype}/$reindex", reindex_type, "POST"),
     _route("/{rtype}/{rid}/_history", history_instance, "GET"),
     _route("/{rtype}/{rid}/_history/{vid}", vread, "GET"),
     _route("/{rtype}/{rid}/{ctype}", search_compartment, "GET"),

@@ -205,6 +205,18 @@ class Store(ABC):
     async def count(self, type_: str, where: Predicate | None) -> int: ...
 
     @abstractmethod
+    async def replace_index(self, version: Version, index: ResourceIndex) -> bool:
+        """Replace the search index of `version` while it is still the current version (for
+        reindexing; no new version). False when another write superseded it meanwhile."""
+
+    @abstractmethod
+    async def get_setting(self, key: str) -> Any:
+        """A value the server keeps about itself (JSON-compatible), or None."""
+
+    @abstractmethod
+    async def put_setting(self, key: str, value: Any) -> None: ...
+
+    @abstractmethod
     async def is_empty(self) -> bool:
         """True when no resource has ever been stored (decides whether to seed)."""
 
@@ -212,3 +224,50 @@ class Store(ABC):
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
         """All-or-nothing unit of writes: committed when the block exits normally, rolled back
         (nothing left behind) when it raises. Engine failures surface as StorageError."""
+
+
+class DelegatingStore(Store):
+    """A store that passes everything to `inner`; subclasses override what they change."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def read(self, type_: str, id_: str) -> Version | None:
+        return await self.inner.read(type_, id_)
+
+    async def vread(self, type_: str, id_: str, version: int) -> Version | None:
+        return await self.inner.vread(type_, id_, version)
+
+    async def history(self, query: HistoryQuery) -> list[Version]:
+        return await self.inner.history(query)
+
+    async def read_many(self, refs: list[tuple[str, str]]) -> list[Version]:
+        return await self.inner.read_many(refs)
+
+    async def search(self, query: SearchQuery) -> list[Match]:
+        return await self.inner.search(query)
+
+    async def count(self, type_: str, where: Predicate | None) -> int:
+        return await self.inner.count(type_, where)
+
+    async def replace_index(self, version: Version, index: ResourceIndex) -> bool:
+        return await self.inner.replace_index(version, index)
+
+    async def get_setting(self, key: str) -> Any:
+        return await self.inner.get_setting(key)
+
+    async def put_setting(self, key: str, value: Any) -> None:
+        await self.inner.put_setting(key, value)
+
+    async def is_empty(self) -> bool:
+        return await self.inner.is_empty()
+
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]:
+        return self.inner.transaction()

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, NoReturn
 
+import orjson
 from bson.errors import BSONError
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
@@ -56,6 +57,7 @@ from fhir_server.store.mongo_search import (
 log = logging.getLogger(__name__)
 
 HISTORY = "history"
+SETTINGS = "settings"
 # Inclusion projection, so search data added to current documents later is never fetched.
 READ_FIELDS = {"v": 1, "lu": 1, "m": 1, "r": 1}
 # (t, i, v) serves vread and instance history; (lu, t, i) system history and `at` windows;
@@ -467,6 +469,26 @@ class MongoStore(Store):
         ]
         cursor = await self._history.aggregate(pipeline)
         return await cursor.to_list(None)
+
+    async def replace_index(self, version: Version, index: ResourceIndex) -> bool:
+        with _guard(f"reindex {version.type}/{version.id}"):
+            await self.ensure_indexes(version.type)
+            current = {"_id": version.id, "v": version.version, "r": {"$ne": None}}
+            result = await self._db[version.type].update_one(
+                current, {"$set": index_fields(index)}
+            )
+        return result.matched_count > 0
+
+    async def get_setting(self, key: str) -> Any:
+        with _guard(f"read setting {key}"):
+            doc = await self._db[SETTINGS].find_one({"_id": key})
+        return None if doc is None else orjson.loads(doc["value"])
+
+    async def put_setting(self, key: str, value: Any) -> None:
+        with _guard(f"write setting {key}"):
+            await self._db[SETTINGS].replace_one(
+                {"_id": key}, {"value": orjson.dumps(value)}, upsert=True
+            )
 
     async def is_empty(self) -> bool:
         with _guard("check for data"):

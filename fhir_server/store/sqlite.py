@@ -16,6 +16,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
+
 from fhir_server.search.model import EMPTY_INDEX, Predicate, ResourceIndex
 from fhir_server.store.base import (
     HistoryQuery,
@@ -51,6 +53,7 @@ CREATE TABLE IF NOT EXISTS history (
 );
 CREATE INDEX IF NOT EXISTS history_by_time ON history (last_updated, type, id);
 CREATE INDEX IF NOT EXISTS history_by_type_time ON history (type, last_updated, id);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 """
 
 COLUMNS = "type, id, version, last_updated, method, body"
@@ -114,16 +117,20 @@ class SqliteTransaction(Transaction):
             f"INSERT OR REPLACE INTO resources ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", values
         )
         self._conn.execute(f"INSERT INTO history ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", values)
-        if found:
-            for table in (*INDEX_TABLES, "sort_keys"):
-                self._conn.execute(
-                    f"DELETE FROM {table} WHERE rtype = ? AND rid = ?", (v.type, v.id)
-                )
-        rows: dict[str, list[tuple[Any, ...]]] = {}
-        for table, row in index_rows(v.type, v.id, index):
-            rows.setdefault(table, []).append(row)
-        for table, table_rows in rows.items():
-            self._conn.executemany(insert_sql(table, len(table_rows[0])), table_rows)
+        write_index(self._conn, v.type, v.id, index, replace=bool(found))
+
+
+def write_index(
+    conn: sqlite3.Connection, type_: str, id_: str, index: ResourceIndex, replace: bool
+) -> None:
+    if replace:
+        for table in (*INDEX_TABLES, "sort_keys"):
+            conn.execute(f"DELETE FROM {table} WHERE rtype = ? AND rid = ?", (type_, id_))
+    rows: dict[str, list[tuple[Any, ...]]] = {}
+    for table, row in index_rows(type_, id_, index):
+        rows.setdefault(table, []).append(row)
+    for table, table_rows in rows.items():
+        conn.executemany(insert_sql(table, len(table_rows[0])), table_rows)
 
 
 class SqliteStore(Store):
@@ -264,6 +271,27 @@ class SqliteStore(Store):
         text = f"SELECT r.id FROM resources r WHERE {self._where(query.type, query.where, sql)}"
         rows = self._fetch("EXPLAIN QUERY PLAN " + text, tuple(sql.params))
         return [str(row[-1]) for row in rows]
+
+    async def replace_index(self, version: Version, index: ResourceIndex) -> bool:
+        async with self.transaction() as tx:
+            assert isinstance(tx, SqliteTransaction)
+            current = await tx.current(version.type, version.id)
+            if current is None or current.version != version.version or current.deleted:
+                return False
+            _guard(lambda: write_index(tx._conn, version.type, version.id, index, replace=True))
+        return True
+
+    async def get_setting(self, key: str) -> Any:
+        rows = self._fetch("SELECT value FROM settings WHERE key = ?", (key,))
+        return orjson.loads(rows[0][0]) if rows else None
+
+    async def put_setting(self, key: str, value: Any) -> None:
+        async with self.transaction() as tx:
+            assert isinstance(tx, SqliteTransaction)
+            _guard(lambda: tx._conn.execute(
+                "INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)",
+                (key, orjson.dumps(value)),
+            ))
 
     async def is_empty(self) -> bool:
         return not self._fetch("SELECT 1 FROM history LIMIT 1", ())

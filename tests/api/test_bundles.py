@@ -25,7 +25,7 @@ import pytest
 from fhir_server.app import create_app
 from fhir_server.search.model import Predicate, ResourceIndex
 from fhir_server.store.base import (
-    HistoryQuery,
+    DelegatingStore,
     Match,
     SearchQuery,
     StorageError,
@@ -288,41 +288,14 @@ class FailingTransaction(Transaction):
         await self._tx.lock(key)
 
 
-class FailingStore(Store):
+class FailingStore(DelegatingStore):
     """Delegates to a real store; the `fail_at`-th put (counting from 1) raises StorageError."""
 
     def __init__(self, store: Store) -> None:
+        super().__init__(store)
         self._store = store
-        self.name = store.name
         self.puts = 0
         self.fail_at = 0
-
-    async def open(self) -> None:
-        await self._store.open()
-
-    async def close(self) -> None:
-        await self._store.close()
-
-    async def read(self, type_: str, id_: str) -> Version | None:
-        return await self._store.read(type_, id_)
-
-    async def vread(self, type_: str, id_: str, version: int) -> Version | None:
-        return await self._store.vread(type_, id_, version)
-
-    async def history(self, query: HistoryQuery) -> list[Version]:
-        return await self._store.history(query)
-
-    async def read_many(self, refs: list[tuple[str, str]]) -> list[Version]:
-        return await self._store.read_many(refs)
-
-    async def search(self, query: SearchQuery) -> list[Match]:
-        return await self._store.search(query)
-
-    async def count(self, type_: str, where: Predicate | None) -> int:
-        return await self._store.count(type_, where)
-
-    async def is_empty(self) -> bool:
-        return await self._store.is_empty()
 
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
         return self._transaction()

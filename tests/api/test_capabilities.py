@@ -19,7 +19,10 @@ from tests.api.test_crud import FHIR_JSON
 from tests.api.test_errors import outcome
 
 INTERACTIONS = {"read", "vread", "update", "patch", "delete", "create", "history-instance",
-                "history-type"}
+                "history-type", "search-type"}
+# A well-formed value for each search parameter type, to try every declared parameter.
+SAMPLE_VALUES = {"string": "a", "token": "a", "reference": "Patient/x", "date": "2020",
+                 "number": "1", "quantity": "1", "uri": "http://example.org/x"}
 
 
 async def statement(client: httpx.AsyncClient) -> dict[str, Any]:
@@ -60,6 +63,21 @@ async def test_one_resource_entry_per_served_type(client: httpx.AsyncClient) -> 
         assert entry["versioning"] == "versioned-update"
         assert entry["readHistory"] is True
         assert entry["updateCreate"] is True
+
+
+@pytest.mark.parametrize("type_", ["Patient", "Observation", "Encounter", "MedicationRequest"])
+async def test_declared_search_parameters_are_accepted(
+    client: httpx.AsyncClient, type_: str
+) -> None:
+    (entry,) = [r for r in resources(await statement(client)) if r["type"] == type_]
+    declared = {p["name"]: p["type"] for p in entry["searchParam"]}
+    assert {"_id", "_lastUpdated"} <= set(declared)
+    for name, kind in declared.items():
+        if kind not in SAMPLE_VALUES:
+            continue
+        response = await client.get(f"/{type_}", params={name: SAMPLE_VALUES[kind]},
+                                    headers={"Prefer": "handling=strict"})
+        assert response.status_code == 200, (name, response.text)
 
 
 async def test_system_history_is_declared_and_works(client: httpx.AsyncClient) -> None:
