@@ -261,7 +261,12 @@ async def search(
     size = 0 if request.summary == "count" else _page_size(ctx, request)
     try:
         page, more, backwards_type = await _page(ctx, request, scope, size, cursor)
-        total = None if request.total == "none" else await _total(ctx, request, scope)
+        if request.total == "none":
+            total = None
+        elif cursor is None and not more:
+            total = len(page)  # the first page holds every match: no count query needed
+        else:
+            total = await _total(ctx, request, scope)
         versions = [m.version for m in page]
         included = await _included(ctx, request, versions) if versions else []
     except StorageError as exc:

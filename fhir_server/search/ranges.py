@@ -22,7 +22,7 @@ Conditions = list[list[Condition]]
 
 def _point(prefix: str, v: str | float) -> Conditions:
     return {
-        "eq": [[("low", ">=", v), ("high", "<=", v)]],
+        "eq": [[("low", ">=", v), ("low", "<=", v), ("high", "<=", v)]],
         "ne": [[("low", "<", v)], [("high", ">", v)]],
         "gt": [[("high", ">", v)]],
         "lt": [[("low", "<", v)]],
@@ -39,7 +39,8 @@ def _ranged(prefix: str, lo: str | float, hi: str | float, closed: bool) -> Cond
     below_hi: Op = "<" if closed else "<="
     above_hi: Op = ">=" if closed else ">"
     above_lo: Op = ">=" if closed else ">"
-    within = [("low", ">=", lo), ("high", below_hi, hi)]
+    # `low < hi` follows from the other two; stated, it bounds the index range scan on low.
+    within = [("low", ">=", lo), ("low", "<", hi), ("high", below_hi, hi)]
     return {
         "eq": [within],
         "ne": [[("low", "<", lo)], [("high", above_hi, hi)]],

@@ -48,41 +48,41 @@ CREATE TABLE IF NOT EXISTS idx_string (
     rtype TEXT NOT NULL, rid TEXT NOT NULL, param TEXT NOT NULL, grp INTEGER,
     norm TEXT, exact TEXT);
 CREATE INDEX IF NOT EXISTS idx_string_q ON idx_string (rtype, param, norm);
-CREATE INDEX IF NOT EXISTS idx_string_r ON idx_string (rtype, rid);
+CREATE INDEX IF NOT EXISTS idx_string_rp ON idx_string (rtype, rid, param);
 CREATE TABLE IF NOT EXISTS idx_token (
     rtype TEXT NOT NULL, rid TEXT NOT NULL, param TEXT NOT NULL, grp INTEGER,
     system TEXT, code TEXT, text TEXT);
 CREATE INDEX IF NOT EXISTS idx_token_q ON idx_token (rtype, param, code, system);
 CREATE INDEX IF NOT EXISTS idx_token_s ON idx_token (rtype, param, system);
 CREATE INDEX IF NOT EXISTS idx_token_t ON idx_token (rtype, param, text);
-CREATE INDEX IF NOT EXISTS idx_token_r ON idx_token (rtype, rid);
+CREATE INDEX IF NOT EXISTS idx_token_rp ON idx_token (rtype, rid, param);
 CREATE TABLE IF NOT EXISTS idx_date (
     rtype TEXT NOT NULL, rid TEXT NOT NULL, param TEXT NOT NULL, grp INTEGER,
     low TEXT, high TEXT);
 CREATE INDEX IF NOT EXISTS idx_date_q ON idx_date (rtype, param, low, high);
 CREATE INDEX IF NOT EXISTS idx_date_h ON idx_date (rtype, param, high);
-CREATE INDEX IF NOT EXISTS idx_date_r ON idx_date (rtype, rid);
+CREATE INDEX IF NOT EXISTS idx_date_rp ON idx_date (rtype, rid, param);
 CREATE TABLE IF NOT EXISTS idx_number (
     rtype TEXT NOT NULL, rid TEXT NOT NULL, param TEXT NOT NULL, grp INTEGER,
     low REAL, high REAL);
 CREATE INDEX IF NOT EXISTS idx_number_q ON idx_number (rtype, param, low, high);
-CREATE INDEX IF NOT EXISTS idx_number_r ON idx_number (rtype, rid);
+CREATE INDEX IF NOT EXISTS idx_number_rp ON idx_number (rtype, rid, param);
 CREATE TABLE IF NOT EXISTS idx_quantity (
     rtype TEXT NOT NULL, rid TEXT NOT NULL, param TEXT NOT NULL, grp INTEGER,
     low REAL, high REAL, system TEXT, code TEXT, unit TEXT);
 CREATE INDEX IF NOT EXISTS idx_quantity_q ON idx_quantity (rtype, param, code, low);
-CREATE INDEX IF NOT EXISTS idx_quantity_r ON idx_quantity (rtype, rid);
+CREATE INDEX IF NOT EXISTS idx_quantity_rp ON idx_quantity (rtype, rid, param);
 CREATE TABLE IF NOT EXISTS idx_reference (
     rtype TEXT NOT NULL, rid TEXT NOT NULL, param TEXT NOT NULL, grp INTEGER,
     ttype TEXT, tid TEXT, url TEXT);
 CREATE INDEX IF NOT EXISTS idx_reference_q ON idx_reference (rtype, param, tid, ttype);
 CREATE INDEX IF NOT EXISTS idx_reference_t ON idx_reference (ttype, tid, rtype, param);
 CREATE INDEX IF NOT EXISTS idx_reference_u ON idx_reference (rtype, param, url);
-CREATE INDEX IF NOT EXISTS idx_reference_r ON idx_reference (rtype, rid);
+CREATE INDEX IF NOT EXISTS idx_reference_rp ON idx_reference (rtype, rid, param);
 CREATE TABLE IF NOT EXISTS idx_uri (
     rtype TEXT NOT NULL, rid TEXT NOT NULL, param TEXT NOT NULL, grp INTEGER, value TEXT);
 CREATE INDEX IF NOT EXISTS idx_uri_q ON idx_uri (rtype, param, value);
-CREATE INDEX IF NOT EXISTS idx_uri_r ON idx_uri (rtype, rid);
+CREATE INDEX IF NOT EXISTS idx_uri_rp ON idx_uri (rtype, rid, param);
 CREATE TABLE IF NOT EXISTS sort_keys (
     rtype TEXT NOT NULL, rid TEXT NOT NULL, param TEXT NOT NULL, asc, desc,
     PRIMARY KEY (rtype, rid, param));
@@ -240,10 +240,77 @@ def _range_condition(p: RangeMatch, a: str, sql: Sql) -> str:
     return condition
 
 
+def _selectivity(p: Predicate) -> int:
+    """Rough rank of how few rows a predicate selects (lower: fewer), to pick the one that
+    drives an AND: equality on ids and references first, open ranges last."""
+    if isinstance(p, IdMatch):
+        return 0
+    if isinstance(p, ReferenceMatch):
+        return 1 if p.id is not None or p.url is not None else 6
+    if isinstance(p, TokenMatch):
+        return 2 if p.code not in (ANY, None) and p.text is None else 5
+    if isinstance(p, StringMatch | UriMatch):
+        return 3 if p.mode == "exact" else 4
+    if isinstance(p, Or):
+        return max(_selectivity(c) for c in p.predicates) + 1 if p.predicates else 0
+    if isinstance(p, Composite | Chain | Has):
+        return 4
+    return 7
+
+
+def _render_and(p: And, outer: str, rtype: str, sql: Sql) -> str:
+    """The most selective child drives (`id IN (...)`); the others are probed per row with
+    EXISTS on the (rtype, rid, param) index, instead of each building its full id list."""
+    children = sorted(p.predicates, key=_selectivity)
+    parts = [render(children[0], outer, rtype, sql)]
+    parts += [_probe(c, outer, rtype, sql) for c in children[1:]]
+    return "(" + " AND ".join(parts) + ")"
+
+
+def _one_parameter(p: Predicate) -> tuple[str, str, tuple[Predicate, ...]] | None:
+    """(table, param, leaves) when p is a leaf, or an OR of leaves, on one parameter: those
+    can be answered by one pass over one index table."""
+    leaves = p.predicates if isinstance(p, Or) else (p,)
+    if not leaves or not all(isinstance(c, LEAVES) for c in leaves):
+        return None
+    keys = {(_leaf_table(c), c.param) for c in leaves}  # type: ignore[union-attr]
+    if len(keys) != 1:
+        return None
+    ((table, param),) = keys
+    return table, param, leaves
+
+
+def _any_of(leaves: tuple[Predicate, ...], a: str, sql: Sql) -> str:
+    return " OR ".join(f"({_leaf_condition(c, a, sql)})" for c in leaves)
+
+
+def _probe(p: Predicate, outer: str, rtype: str, sql: Sql) -> str:
+    found = _one_parameter(p)
+    if found is None:
+        return render(p, outer, rtype, sql)
+    table, param, leaves = found
+    a = sql.alias("e")
+    sql.params += [rtype, param]
+    return (f"EXISTS (SELECT 1 FROM {table} {a} INDEXED BY {table}_rp WHERE {a}.rtype = ? "
+            f"AND {a}.rid = {outer}.id AND {a}.param = ? AND ({_any_of(leaves, a, sql)}))")
+
+
+def index_only_count(p: Predicate | None, rtype: str, sql: Sql) -> str | None:
+    """A count read from one index table alone, when `p` is leaves on one parameter: index
+    rows exist only for current, non-deleted resources, so the resources table is not needed."""
+    found = None if p is None else _one_parameter(p)
+    if found is None:
+        return None
+    table, param, leaves = found
+    sql.params += [rtype, param]
+    return (f"SELECT count(DISTINCT a.rid) FROM {table} a WHERE a.rtype = ? AND a.param = ? "
+            f"AND ({_any_of(leaves, 'a', sql)})")
+
+
 def render(p: Predicate, outer: str, rtype: str, sql: Sql) -> str:
     """SQL condition that holds for row `outer` of `resources` (of type rtype) when p holds."""
     if isinstance(p, And):
-        return "(" + " AND ".join(render(c, outer, rtype, sql) for c in p.predicates) + ")"
+        return _render_and(p, outer, rtype, sql)
     if isinstance(p, Or):
         return _render_or(p, outer, rtype, sql)
     if isinstance(p, Not):
@@ -256,7 +323,7 @@ def render(p: Predicate, outer: str, rtype: str, sql: Sql) -> str:
         op = "NOT IN" if p.missing else "IN"
         return f"{outer}.id {op} (SELECT rid FROM sort_keys WHERE rtype = ? AND param = ?)"
     if isinstance(p, LEAVES):
-        return _leaves([p], outer, rtype, sql)
+        return _leaves((p,), outer, rtype, sql)
     if isinstance(p, Composite):
         return _composite(p, outer, rtype, sql)
     if isinstance(p, Chain):
@@ -266,25 +333,22 @@ def render(p: Predicate, outer: str, rtype: str, sql: Sql) -> str:
     raise TypeError(f"unknown predicate {p!r}")
 
 
-def _leaves(preds: list[Predicate], outer: str, rtype: str, sql: Sql) -> str:
+def _leaves(preds: tuple[Predicate, ...], outer: str, rtype: str, sql: Sql) -> str:
     """Leaves on one parameter and table, OR-ed inside one sub-select (one index range scan)."""
     a = sql.alias("x")
     table = _leaf_table(preds[0])
     sql.params += [rtype, preds[0].param]  # type: ignore[union-attr]
-    conditions = " OR ".join(f"({_leaf_condition(p, a, sql)})" for p in preds)
-    return (
-        f"{outer}.id IN (SELECT {a}.rid FROM {table} {a} "
-        f"WHERE {a}.rtype = ? AND {a}.param = ? AND ({conditions}))"
-    )
+    return (f"{outer}.id IN (SELECT {a}.rid FROM {table} {a} "
+            f"WHERE {a}.rtype = ? AND {a}.param = ? AND ({_any_of(preds, a, sql)}))")
 
 
 def _render_or(p: Or, outer: str, rtype: str, sql: Sql) -> str:
-    children = p.predicates
-    if children and all(isinstance(c, LEAVES) for c in children):
-        keys = {(_leaf_table(c), c.param) for c in children}  # type: ignore[union-attr]
-        if len(keys) == 1:
-            return _leaves(list(children), outer, rtype, sql)
-    return "(" + " OR ".join(render(c, outer, rtype, sql) for c in children) + ")"
+    if not p.predicates:
+        return "0"  # no alternative holds
+    found = _one_parameter(p)
+    if found is not None:
+        return _leaves(found[2], outer, rtype, sql)
+    return "(" + " OR ".join(render(c, outer, rtype, sql) for c in p.predicates) + ")"
 
 
 def _composite(p: Composite, outer: str, rtype: str, sql: Sql) -> str:
