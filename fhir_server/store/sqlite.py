@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -33,6 +34,7 @@ from fhir_server.store.sqlite_search import (
     INDEX_SCHEMA,
     INDEX_TABLES,
     Sql,
+    index_only_count,
     index_rows,
     insert_sql,
     keyset_condition,
@@ -81,17 +83,81 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+# The writer's page cache (KiB, negative per SQLite's convention): an ingest touches many index
+# pages per transaction, and a larger cache keeps them resident. Checkpoints (copying the WAL
+# back into the database, with its fsyncs) run on a thread of their own (`_Checkpointer`), so a
+# commit does not wait for them; the writer's automatic checkpoint stays as a backstop for a
+# WAL the thread has not caught up with (64 MB).
+WRITER_PRAGMAS = ("PRAGMA cache_size=-65536", "PRAGMA wal_autocheckpoint=16384")
+CHECKPOINT_EVERY_ROWS = 4000
+"""Rows written (resources, history, index) after which a background checkpoint is asked for."""
+
+
+class _Checkpointer:
+    """Runs `PRAGMA wal_checkpoint(PASSIVE)` on its own connection and thread when asked.
+
+    SQLite releases the GIL while it works, so the copy and its fsyncs overlap the next
+    request; a passive checkpoint never blocks the writer or the readers.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
+        self._thread.start()
+
+    def request(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                if self._stopping:
+                    return
+                try:
+                    if conn is None:
+                        conn = _connect(self._path)
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error:
+                    pass  # busy or failing: the writer's automatic checkpoint remains
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def close(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._thread.join()
+
+
 class SqliteTransaction(Transaction):
+    """One write transaction. Index rows are buffered per table and inserted with one
+    `executemany` per table when anything reads the index tables (a search or count in the
+    transaction, an index replacement) and before the commit."""
+
     def __init__(self, store: SqliteStore, conn: sqlite3.Connection) -> None:
         self._store = store
         self._conn = conn
+        self._pending: dict[str, list[tuple[Any, ...]]] = {}
+
+    def flush(self) -> None:
+        """Insert the buffered index rows (raises sqlite3.Error)."""
+        pending, self._pending = self._pending, {}
+        for table, rows in pending.items():
+            self._conn.executemany(insert_sql(table, len(rows[0])), rows)
 
     async def search(self, query: SearchQuery) -> list[Match]:
         # The writer connection sees this transaction's writes; the store's write lock, held
         # for the whole block, serialises the search with every other writer.
+        _guard(self.flush)
         return self._store._search(self._conn, query)
 
     async def count(self, type_: str, where: Predicate | None) -> int:
+        _guard(self.flush)
         return self._store._count(self._conn, type_, where)
 
     async def current(self, type_: str, id_: str) -> Version | None:
@@ -117,20 +183,35 @@ class SqliteTransaction(Transaction):
             f"INSERT OR REPLACE INTO resources ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", values
         )
         self._conn.execute(f"INSERT INTO history ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", values)
-        write_index(self._conn, v.type, v.id, index, replace=bool(found))
+        self._store._rows_written += 2 + len(index.entries) + len(index.sort)
+        if found:
+            self.flush()  # the buffered rows may include this resource's previous index
+        write_index(self._conn, v.type, v.id, index, replace=bool(found), into=self._pending)
 
 
 def write_index(
-    conn: sqlite3.Connection, type_: str, id_: str, index: ResourceIndex, replace: bool
+    conn: sqlite3.Connection,
+    type_: str,
+    id_: str,
+    index: ResourceIndex,
+    replace: bool,
+    into: dict[str, list[tuple[Any, ...]]] | None = None,
 ) -> None:
+    """Replace (or write) the index rows of type_/id_; with `into`, the rows are added to that
+    buffer (table -> rows) for the caller to insert later instead of being inserted now."""
     if replace:
         for table in (*INDEX_TABLES, "sort_keys"):
             conn.execute(f"DELETE FROM {table} WHERE rtype = ? AND rid = ?", (type_, id_))
-    rows: dict[str, list[tuple[Any, ...]]] = {}
+    rows: dict[str, list[tuple[Any, ...]]] = {} if into is None else into
     for table, row in index_rows(type_, id_, index):
-        rows.setdefault(table, []).append(row)
-    for table, table_rows in rows.items():
-        conn.executemany(insert_sql(table, len(table_rows[0])), table_rows)
+        table_rows = rows.get(table)
+        if table_rows is None:
+            rows[table] = [row]
+        else:
+            table_rows.append(row)
+    if into is None:
+        for table, table_rows in rows.items():
+            conn.executemany(insert_sql(table, len(table_rows[0])), table_rows)
 
 
 class SqliteStore(Store):
@@ -141,14 +222,22 @@ class SqliteStore(Store):
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._write_lock = asyncio.Lock()
+        self._checkpointer: _Checkpointer | None = None
+        self._rows_written = 0
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = _guard(lambda: _connect(self.path))
+        for pragma in WRITER_PRAGMAS:
+            _guard(lambda pragma=pragma: self._writer.execute(pragma))  # type: ignore[union-attr]
         _guard(lambda: self._writer.executescript(SCHEMA + INDEX_SCHEMA))  # type: ignore[union-attr]
         self._reader = _guard(lambda: _connect(self.path))
+        self._checkpointer = _Checkpointer(self.path)
 
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
         for conn in (self._reader, self._writer):
             if conn is not None:
                 conn.close()
@@ -259,10 +348,10 @@ class SqliteStore(Store):
 
     def _count(self, conn: sqlite3.Connection, type_: str, where: Predicate | None) -> int:
         sql = Sql()
-        condition = self._where(type_, where, sql)
-        rows = self._fetch(
-            f"SELECT count(*) FROM resources r WHERE {condition}", tuple(sql.params), conn
-        )
+        text = index_only_count(where, type_, sql)
+        if text is None:
+            text = f"SELECT count(*) FROM resources r WHERE {self._where(type_, where, sql)}"
+        rows = self._fetch(text, tuple(sql.params), conn)
         return int(rows[0][0])
 
     def explain(self, query: SearchQuery) -> list[str]:
@@ -303,13 +392,18 @@ class SqliteStore(Store):
             if conn is None:
                 raise StorageError("SQLite store is not open")
             _guard(lambda: conn.execute("BEGIN IMMEDIATE"))
+            tx = SqliteTransaction(self, conn)
             try:
-                yield SqliteTransaction(self, conn)
+                yield tx
             except BaseException:
                 _guard(lambda: conn.execute("ROLLBACK"))
                 raise
             try:
+                tx.flush()
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 conn.execute("ROLLBACK")
                 raise StorageError(f"SQLite commit failed: {exc}") from exc
+            if self._rows_written >= CHECKPOINT_EVERY_ROWS and self._checkpointer is not None:
+                self._rows_written = 0
+                self._checkpointer.request()

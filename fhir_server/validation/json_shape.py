@@ -47,43 +47,79 @@ def _resource(value: Any, path: str, issues: list[Issue]) -> None:
         _issue(issues, "structure", path, "must be a resource (a JSON object)")
         return
     type_ = value.get("resourceType")
-    if type_ not in R4_RESOURCE_TYPES:
+    if not isinstance(type_, str) or type_ not in R4_RESOURCE_TYPES:
         _issue(issues, "structure", path, f"unknown resourceType {type_!r}")
         return
     root = type_ if path == type_ else path
     _object(value, type_, root, issues)
 
 
-def _object(value: dict[str, Any], type_name: str, path: str, issues: list[Issue]) -> None:
+_Shape = tuple[dict[str, Property], tuple[tuple[str, tuple[str, ...]], ...]] | None
+_shapes: dict[str, _Shape] = {}
+
+
+def _shape(type_name: str) -> _Shape:
+    """A type's properties and its required elements as (element, (JSON names, `_`names));
+    None for a type the definitions do not describe. Computed once per type."""
+    try:
+        return _shapes[type_name]
+    except KeyError:
+        pass
     try:
         properties = type_definition(type_name).properties
     except KeyError:
+        shape: _Shape = None
+    else:
+        groups: dict[str, list[str]] = {}
+        for prop in properties.values():
+            if prop.mandatory:
+                groups.setdefault(prop.element, []).append(prop.name)
+        required = tuple(
+            (element, (*names, *(f"_{n}" for n in names))) for element, names in groups.items()
+        )
+        shape = (properties, required)
+    _shapes[type_name] = shape
+    return shape
+
+
+def _object(value: dict[str, Any], type_name: str, path: str, issues: list[Issue]) -> None:
+    shape = _shape(type_name)
+    if shape is None:
         return  # a type the definitions do not describe (e.g. xhtml); pydantic judges it
+    properties, required = shape
     if not value:
         _issue(issues, "structure", path, "must not be an empty object")
     for key, item in value.items():
         if key == "resourceType":
             continue
-        prop = properties.get(key.removeprefix("_"))
-        where = f"{path}.{key}"
-        if prop is None:
-            _issue(issues, "structure", where, f"unknown element '{key}'")
-            continue
         if key.startswith("_"):
-            _companion(item, prop, where, issues)
+            prop = properties.get(key[1:])
+            if prop is None:
+                _issue(issues, "structure", f"{path}.{key}", f"unknown element '{key}'")
+            else:
+                _companion(item, prop, f"{path}.{key}", issues)
+            continue
+        prop = properties.get(key)
+        if prop is None:
+            _issue(issues, "structure", f"{path}.{key}", f"unknown element '{key}'")
+        elif not prop.array and prop.kind in _JSON_TYPES and _plain(item, prop.kind):
+            continue  # the common case, a well-formed single primitive: nothing to report
         else:
-            _property(item, prop, where, issues, companion=value.get("_" + key))
-    _required(value, properties, path, issues)
-
-
-def _required(value: dict[str, Any], properties: Any, path: str, issues: list[Issue]) -> None:
-    groups: dict[str, list[str]] = {}
-    for prop in properties.values():
-        if prop.mandatory:
-            groups.setdefault(prop.element, []).append(prop.name)
-    for element, names in groups.items():
-        if not any(n in value or f"_{n}" in value for n in names):
+            _property(item, prop, f"{path}.{key}", issues, companion=value.get("_" + key))
+    for element, names in required:
+        if not any(n in value for n in names):
             _issue(issues, "required", f"{path}.{element}", "missing required element")
+
+
+def _plain(item: Any, kind: Kind) -> bool:
+    """A single primitive value `_value` finds nothing wrong with."""
+    if kind is Kind.STRING or kind is Kind.XHTML:
+        return type(item) is str and not item.isspace() and item != ""
+    if kind is Kind.BOOLEAN:
+        return type(item) is bool
+    if kind is Kind.INTEGER:
+        return type(item) is int
+    return type(item) is int or type(item) is float
 
 
 def _property(
