@@ -27,6 +27,8 @@ def normalize(text: str) -> str:
 
     Works for every script (Cyrillic `Й` -> `и`, as the spec's accent-insensitivity asks).
     """
+    if text.isascii():
+        return text.lower()  # the same result, without the Unicode work (most index values)
     decomposed = unicodedata.normalize("NFKD", text)
     return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
 

@@ -324,10 +324,12 @@ class SqliteStore(Store):
         return self._search(self._read_conn, query)
 
     def _search(self, conn: sqlite3.Connection, query: SearchQuery) -> list[Match]:
+        """Two steps: the page's ids and sort keys first, then only those bodies (sorting
+        a large match set never drags every body along)."""
         descending = query.directions()
         sql = Sql()
         keys = [f"{sort_expression(key, sql)} AS k{i}" for i, key in enumerate(query.sort)]
-        columns = ", ".join([COLUMNS_R, *keys])
+        columns = ", ".join(["r.id", *keys])
         where = self._where(query.type, query.where, sql)
         text = f"SELECT * FROM (SELECT {columns} FROM resources r WHERE {where})"
         names = [f"k{i}" for i in range(len(query.sort))]
@@ -338,10 +340,19 @@ class SqliteStore(Store):
         order.append("id DESC" if query.backwards else "id")
         text += f" ORDER BY {', '.join(order)} LIMIT ?"
         sql.params.append(query.limit)
-        rows = self._fetch(text, tuple(sql.params), conn)
+        page = self._fetch(text, tuple(sql.params), conn)
         if query.backwards:
-            rows.reverse()
-        return [Match(_version(row), (*row[6:], row[1])) for row in rows]
+            page.reverse()
+        if not page:
+            return []
+        marks = ", ".join("?" * len(page))
+        bodies = self._fetch(
+            f"SELECT {COLUMNS} FROM resources WHERE type = ? AND id IN ({marks})",
+            (query.type, *(row[0] for row in page)),
+            conn,
+        )
+        versions = {row[1]: _version(row) for row in bodies}
+        return [Match(versions[row[0]], (*row[1:], row[0])) for row in page]
 
     async def count(self, type_: str, where: Predicate | None) -> int:
         return self._count(self._read_conn, type_, where)
