@@ -20,6 +20,7 @@ from fhir_server.search.registry import Registry, default_registry
 from fhir_server.search.reindex import load_active
 from fhir_server.store import build_store
 from fhir_server.store.base import Store
+from fhir_server.validation.conformance import Conformance
 
 log = logging.getLogger("fhir_server")
 
@@ -63,9 +64,13 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return _outcome_response(request, errors.FhirError([issue], 500))
 
 
-async def seed(store: Store, settings: Settings, registry: Registry) -> None:
+async def seed(
+    store: Store, settings: Settings, registry: Registry, conformance: Conformance | None = None
+) -> None:
     if settings.seed and settings.seed_dir.is_dir() and await store.is_empty():
-        summary = await load_paths(store, settings, registry, [settings.seed_dir])
+        summary = await load_paths(
+            store, settings, registry, [settings.seed_dir], conformance=conformance
+        )
         log.info("Seeded the empty database from %s: %s", settings.seed_dir, summary)
 
 
@@ -79,7 +84,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         await app.state.store.open()
         try:
             await load_active(app.state.store, (app.state.registry, app.state.indexing))
-            await seed(app.state.store, settings, app.state.registry)
+            await seed(app.state.store, settings, app.state.registry, app.state.conformance)
             yield
         finally:
             await app.state.store.close()
@@ -91,6 +96,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     # Searchable parameters, and the ones writes index (ahead of them during a reindex).
     app.state.registry = default_registry()
     app.state.indexing = default_registry()
+    app.state.conformance = Conformance.load(settings)
     app.router.routes.extend(routes)
     app.add_exception_handler(errors.FhirError, _fhir_error)
     app.add_exception_handler(HTTPException, _http_error)

@@ -63,6 +63,7 @@ def load(
     from fhir_server.loader import files, items, load_paths
     from fhir_server.search.registry import default_registry
     from fhir_server.store import build_store
+    from fhir_server.validation.conformance import Conformance
 
     settings = settings_from(data_dir, mongodb_url)
     total = sum(1 for path in files(paths) if path.is_file() for _ in items(path))
@@ -76,7 +77,8 @@ def load(
             with Progress(*columns, console=console) as bar:
                 task = bar.add_task("load", total=total)
                 summary = await load_paths(
-                    store, settings, default_registry(), paths, lambda _: bar.advance(task)
+                    store, settings, default_registry(), paths, lambda _: bar.advance(task),
+                    conformance=Conformance.load(settings),
                 )
         finally:
             await store.close()

@@ -98,7 +98,7 @@ async def create(
     ctx: RequestContext, type_: str, resource: Any, if_none_exist: str, id_: str | None = None
 ) -> WriteResult:
     """0 matches: create; 1: that resource (`created` and `changed` False); more: 412."""
-    resource = interactions.prepare_create(type_, resource)
+    resource = interactions.prepare_create(ctx, type_, resource)
     c = criteria(ctx, type_, if_none_exist)
 
     async def work(tctx: RequestContext) -> WriteResult:

@@ -27,6 +27,15 @@ class Settings(BaseSettings):
     """Larger request bodies are refused with 413."""
     history_default_count: int = 50
     history_max_count: int = 1000
+    profiles_dir: Path = PROJECT_ROOT / "profiles"
+    """StructureDefinitions, ValueSets and CodeSystems (JSON, Bundles, .tgz packages)."""
+    require_national_core: bool = False
+    """Every Patient, Practitioner, Organization, Encounter, Condition and MedicationRequest
+    must meet the national-core profile of its type."""
+    required_profiles: dict[str, list[str]] = {}
+    """More profiles every resource of a type must meet: {"Patient": ["url", ...]}."""
+    unknown_profile: Literal["warning", "error"] = "warning"
+    """What a `meta.profile` the server does not know is."""
     search_default_count: int = 20
     """Page size of a search without _count."""
     search_max_count: int = 1000

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from fhir_server.config import Settings
 from fhir_server.search.registry import Registry
 from fhir_server.store.base import Store, Transaction
+from fhir_server.validation.conformance import Conformance
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +19,8 @@ class RequestContext:
     """FHIR base URL as the client sees it, without a trailing slash."""
     tx: Transaction | None = None
     """Set while the interaction is one entry of a transaction bundle: writes join it."""
+    conformance: Conformance | None = None
+    """Profile checks on writes (None: structure only)."""
     indexing: Registry | None = None
     """Parameters writes index, when not `registry`: during a reindex it already holds the
     custom parameters that searches may not use yet."""

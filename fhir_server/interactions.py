@@ -85,6 +85,13 @@ def _content(resource: Resource) -> Resource:
     return {**rest, "meta": meta} if meta else rest
 
 
+def _validate(ctx: RequestContext, resource: Resource) -> None:
+    """Structure always; profiles when the resource claims or must meet one (422 on errors)."""
+    validate_structure(resource)
+    if ctx.conformance is not None:
+        ctx.conformance.check(resource)
+
+
 def parse_if_match(header: str | None) -> int | None:
     """`W/"3"`, `"3"` -> 3; None when absent."""
     if header is None:
@@ -165,12 +172,12 @@ async def _write_in(
     return WriteResult(version, created=current is None or current.deleted)
 
 
-def prepare_create(type_: str, resource: Any) -> Resource:
+def prepare_create(ctx: RequestContext, type_: str, resource: Any) -> Resource:
     """Check and validate the body of a create (400/422), dropping any client id."""
     resource = _check_body(resource, type_)
     # The server assigns the id; a client-supplied one is ignored (http.html#create).
     resource.pop("id", None)
-    validate_structure(resource)
+    _validate(ctx, resource)
     return resource
 
 
@@ -185,7 +192,7 @@ async def create(
     """Create with a new server id (`id_`: one chosen in advance, as a transaction bundle does
     for its POST entries); `prepared` when `prepare_create` already checked the body."""
     if not prepared:
-        resource = prepare_create(type_, resource)
+        resource = prepare_create(ctx, type_, resource)
     return await _write(ctx, type_, id_ or new_id(), "POST", lambda _: resource, None)
 
 
@@ -219,7 +226,7 @@ async def update(
             f"The resource id '{resource.get('id')}' does not match '{id_}' in the URL",
             f"{type_}.id",
         )
-    validate_structure(resource)
+    _validate(ctx, resource)
     new_content = _content(resource)
 
     def build(current: Version | None) -> Resource | object:
@@ -262,7 +269,7 @@ async def patch(
                     )
                 ]
             )
-        validate_structure(after)
+        _validate(ctx, after)
         return UNCHANGED if _content(after) == _content(before) else after
 
     return await _write(ctx, type_, id_, "PATCH", build, if_match)

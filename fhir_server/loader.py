@@ -25,6 +25,7 @@ from fhir_server.config import Settings
 from fhir_server.context import RequestContext
 from fhir_server.search.registry import Registry
 from fhir_server.store.base import Store
+from fhir_server.validation.conformance import Conformance
 
 
 @dataclass
@@ -173,9 +174,10 @@ async def load_bundle(
 
 async def load_paths(
     store: Store, settings: Settings, registry: Registry, paths: list[Path],
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] | None = None, *, conformance: Conformance | None = None,
 ) -> LoadSummary:
-    ctx = RequestContext(store, settings, registry, settings.base_url or "")
+    ctx = RequestContext(store, settings, registry, settings.base_url or "",
+                         conformance=conformance)
     summary = LoadSummary()
     for path in files(paths):
         if not path.is_file():

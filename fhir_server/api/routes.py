@@ -53,7 +53,8 @@ def base_url(request: Request) -> str:
 def context(request: Request) -> RequestContext:
     state = request.app.state
     return RequestContext(
-        state.store, state.settings, state.registry, base_url(request), indexing=state.indexing
+        state.store, state.settings, state.registry, base_url(request),
+        conformance=state.conformance, indexing=state.indexing,
     )
 
 
