@@ -91,6 +91,49 @@ def load(
 
 
 @app.command()
+def validate(
+    paths: Annotated[list[Path], typer.Argument(help="JSON, Bundle or NDJSON files, or folders")],
+    profile: Annotated[
+        list[str] | None, typer.Option("--profile", help="Also validate against this profile")
+    ] = None,
+) -> None:
+    """Validate resources (structure, claimed and required profiles); exit 1 on any error."""
+    from fhir_server import errors
+    from fhir_server.loader import files, items
+    from fhir_server.validation.conformance import Conformance
+    from fhir_server.validation.structure import validate_structure
+
+    conformance = Conformance.load(settings_from(None, None))
+    failed = 0
+    for path in files(paths):
+        for item in items(path):
+            resource = item.resource
+            issues: list[errors.Issue] = []
+            if not isinstance(resource, dict) or "resourceType" not in resource:
+                issues.append(errors.Issue("structure", "not a FHIR resource"))
+            else:
+                try:
+                    validate_structure(resource)
+                except errors.FhirError as exc:
+                    issues += exc.issues
+                except KeyError:
+                    issues.append(errors.Issue("not-supported", "unknown resource type"))
+                required = conformance.required.get(str(resource.get("resourceType")), ())
+                wanted = [*required, *(profile or [])]
+                if not issues:
+                    issues += conformance.validator.validate(resource, wanted)
+            bad = [i for i in issues if i.severity in ("error", "fatal")]
+            failed += bool(bad)
+            status = "[red]invalid[/red]" if bad else "[green]valid[/green]"
+            console.print(f"{status} {item.where}")
+            for issue in issues:
+                where = ", ".join(issue.expression)
+                console.print(f"  {issue.severity}: {issue.diagnostics}" + (
+                    f" ({where})" if where else ""))
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
 def reindex(
     resource_type: Annotated[str, typer.Argument(help="Resource type to reindex, e.g. Patient")],
     data_dir: DataDir = None,

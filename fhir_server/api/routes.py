@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from fhir_server import bundles, conditional, errors, interactions
+from fhir_server import bundles, conditional, errors, interactions, operations
 from fhir_server.api.formats import (
     JSON,
     JSON_PATCH,
@@ -336,6 +336,50 @@ async def reindex_type(request: Request) -> Response:
     return document_response(request, errors.information_outcome(text))
 
 
+async def _operation_params(request: Request) -> operations.Params:
+    """Query parameters plus, for POST, the body (a Parameters resource or a bare resource)."""
+    body: Any = None
+    if request.method == "POST":
+        raw = await read_body(request, request.app.state.settings.max_body_bytes)
+        if raw.strip():
+            body = parse(raw, body_format(request))
+    return operations.parameters(list(request.query_params.multi_items()), body)
+
+
+async def validate_operation(request: Request) -> Response:
+    negotiate(request)
+    rtype = _type(request)
+    params = await _operation_params(request)
+    outcome = await operations.validate(context(request), rtype, request.path_params.get("rid"),
+                                        params)
+    return document_response(request, outcome)
+
+
+async def expand_operation(request: Request) -> Response:
+    negotiate(request)
+    params = await _operation_params(request)
+    result = await operations.expand(context(request), request.path_params.get("rid"), params)
+    return document_response(request, result)
+
+
+def _validate_code_route(type_: str) -> Handler:
+    async def handler(request: Request) -> Response:
+        negotiate(request)
+        params = await _operation_params(request)
+        result = await operations.validate_code(
+            context(request), type_, request.path_params.get("rid"), params
+        )
+        return document_response(request, result)
+
+    return handler
+
+
+async def lookup_operation(request: Request) -> Response:
+    negotiate(request)
+    params = await _operation_params(request)
+    return document_response(request, await operations.lookup(context(request), params))
+
+
 async def search_type(request: Request) -> Response:
     return await _run_search(request, execute.type_scope(_type(request)))
 
@@ -372,6 +416,16 @@ routes = [
     _route("/{rtype}/_history", history_type, "GET"),
     _route("/{rtype}/_search", search_type, "POST"),
     _route("/{rtype}/$reindex", reindex_type, "POST"),
+    _route("/{rtype}/$validate", validate_operation, "POST"),
+    _route("/{rtype}/{rid}/$validate", validate_operation, "POST"),
+    _route("/ValueSet/$expand", expand_operation, "GET", "POST"),
+    _route("/ValueSet/{rid}/$expand", expand_operation, "GET", "POST"),
+    _route("/ValueSet/$validate-code", _validate_code_route("ValueSet"), "GET", "POST"),
+    _route("/ValueSet/{rid}/$validate-code", _validate_code_route("ValueSet"), "GET", "POST"),
+    _route("/CodeSystem/$validate-code", _validate_code_route("CodeSystem"), "GET", "POST"),
+    _route("/CodeSystem/{rid}/$validate-code", _validate_code_route("CodeSystem"), "GET",
+           "POST"),
+    _route("/CodeSystem/$lookup", lookup_operation, "GET", "POST"),
     _route("/{rtype}/{rid}/_history", history_instance, "GET"),
     _route("/{rtype}/{rid}/_history/{vid}", vread, "GET"),
     _route("/{rtype}/{rid}/{ctype}", search_compartment, "GET"),
