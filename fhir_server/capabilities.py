@@ -10,11 +10,41 @@ from fhir_server.definitions import MODELLED_RESOURCE_TYPES
 from fhir_server.search.registry import Registry
 
 TYPE_INTERACTIONS = (
-    "read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
+    "read",
+    "vread",
+    "update",
+    "patch",
+    "delete",
+    "history-instance",
+    "history-type",
+    "create",
     "search-type",
 )
 PUBLISHED = "2026-11-23"
 REINDEX = {"name": "reindex", "definition": "http://fhir-server.dev/OperationDefinition/reindex"}
+VALIDATE = {
+    "name": "validate",
+    "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
+}
+TERMINOLOGY = {
+    "ValueSet": [
+        {"name": "expand", "definition": "http://hl7.org/fhir/OperationDefinition/ValueSet-expand"},
+        {
+            "name": "validate-code",
+            "definition": "http://hl7.org/fhir/OperationDefinition/ValueSet-validate-code",
+        },
+    ],
+    "CodeSystem": [
+        {
+            "name": "lookup",
+            "definition": "http://hl7.org/fhir/OperationDefinition/CodeSystem-lookup",
+        },
+        {
+            "name": "validate-code",
+            "definition": "http://hl7.org/fhir/OperationDefinition/CodeSystem-validate-code",
+        },
+    ],
+}
 
 
 def _search_params(registry: Registry, type_: str) -> list[dict[str, Any]]:
@@ -42,7 +72,7 @@ def _resource(ctx: RequestContext, type_: str) -> dict[str, Any]:
         "searchInclude": ["*", *(f"{type_}:{r}" for r in references)],
         "searchRevInclude": ["*"],
         "searchParam": params,
-        "operation": [REINDEX],
+        "operation": [REINDEX, VALIDATE, *TERMINOLOGY.get(type_, [])],
     }
 
 
@@ -59,7 +89,9 @@ def capability_statement(ctx: RequestContext) -> dict[str, Any]:
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "application/fhir+xml", "json", "xml"],
         "patchFormat": [
-            "application/json-patch+json", "application/fhir+json", "application/fhir+xml"
+            "application/json-patch+json",
+            "application/fhir+json",
+            "application/fhir+xml",
         ],
         "rest": [
             {
