@@ -30,34 +30,37 @@ import json
 import os
 import platform
 import random
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
-from importlib import metadata
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import httpx
 
-HERE = Path(__file__).resolve().parent
-WRK_SCRIPTS = HERE / "wrk"
-JSON = "application/fhir+json"
+from tests.bench.common import (
+    HERE,
+    JSON,
+    BenchError,
+    LoadGen,
+    Result,
+    Server,
+    cpus_fact,
+    fhir_server_argv,
+    free_port,
+    generator_fact,
+    load_average_fact,
+    run_main,
+    server_env,
+    servers,
+    version,
+    wrk_wanted,
+)
+
 READ_GOAL_RPS = 2000.0
 RATIO_GOAL = 0.5
-PYTHON_MAX_REQUESTS = 2_000_000
-"""Upper bound on requests of one Python load run (it is also bounded by --duration)."""
-
-
-class BenchError(Exception):
-    """The benchmark could not run (a server did not start, a request failed, ...)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,196 +127,22 @@ def make_patient(n: int, rng: random.Random) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# Processes
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
-    """A server subprocess in its own process group, its output in a log file."""
-
-    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str], log: Path) -> None:
-        self.name = name
-        self.log = log
-        self._log_file = log.open("wb")
-        self.proc = subprocess.Popen(
-            list(argv), env=env, stdin=subprocess.DEVNULL, stdout=self._log_file,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )
-
-    def wait_ready(self, url: str, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        with httpx.Client(timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise BenchError(f"{self.name} exited with {self.proc.returncode}:\n"
-                                     f"{self.tail()}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if client.get(url).status_code == 200:
-                        return
-                time.sleep(0.1)
-        raise BenchError(f"{self.name} not ready at {url} after {timeout:.0f}s:\n{self.tail()}")
-
-    def tail(self, lines: int = 30) -> str:
-        self._log_file.flush()
-        text = self.log.read_text(errors="replace").splitlines()
-        return "\n".join(text[-lines:])
-
-    def stop(self) -> None:
-        """SIGTERM to the whole group (uvicorn shuts down cleanly), SIGKILL after 10 s."""
-        if self.proc.poll() is None:
-            for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, sig)
-                try:
-                    self.proc.wait(wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        self._log_file.close()
-
-
-def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    print("terminated", file=sys.stderr)
-    raise SystemExit(128 + signum)
-
-
-def server_env(**extra: str) -> dict[str, str]:
-    """This environment without FHIR_SERVER_* settings (they would override the options)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FHIR_SERVER_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env | extra
-
-
-def fhir_server_argv(port: int, data_dir: Path, mongodb_url: str | None) -> list[str]:
-    script = Path(sys.executable).with_name("fhir-server")
-    head = [str(script)] if script.exists() else [
-        sys.executable, "-c", "from fhir_server.cli import main; main()"]
-    argv = [*head, "serve", "--host", "127.0.0.1", "--port", str(port),
-            "--data-dir", str(data_dir), "--no-seed"]
-    if mongodb_url:
-        argv += ["--mongodb-url", mongodb_url]
-    return argv
-
-
-# --------------------------------------------------------------------------------------------
 # Load generation
 
 
-@dataclass
-class Result:
-    name: str
-    generator: str
-    requests: int
-    seconds: float
-    rps: float
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    max_ms: float
-    errors: int
-    """Non-2xx responses, socket errors and timeouts."""
+def measure_creates(load: LoadGen, name: str, base: str, body_file: Path,
+                    warm: bool = True) -> Result:
+    """POST the body in `body_file` to /fhir/Patient over and over."""
+    return load.measure(name, base, "POST", "/fhir/Patient", "post.lua", [str(body_file)],
+                        lambda: ["/fhir/Patient"], body_file.read_bytes(), warm=warm)
 
 
-def run_wrk(name: str, url: str, script: str, script_args: Sequence[str], duration: float,
-            connections: int, threads: int) -> Result:
-    wrk = shutil.which("wrk")
-    assert wrk is not None
-    argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s",
-            "--timeout", "10s", "--latency", "-s", str(WRK_SCRIPTS / script), url,
-            "--", *script_args]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60,
-                          check=False)
-    line = next((x for x in done.stdout.splitlines() if x.startswith("WRK_JSON ")), None)
-    if done.returncode != 0 or line is None:
-        raise BenchError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    s = json.loads(line.removeprefix("WRK_JSON "))
-    seconds = s["duration_us"] / 1e6
-    errors = sum(s[k] for k in ("connect_errors", "read_errors", "write_errors", "timeouts",
-                                "status_errors"))
-    return Result(name, "wrk", s["requests"], seconds, s["requests"] / seconds,
-                  s["p50_us"] / 1e3, s["p90_us"] / 1e3, s["p99_us"] / 1e3, s["max_us"] / 1e3,
-                  errors)
-
-
-def _percentile(ordered: list[float], q: float) -> float:
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
-
-
-async def _python_load(name: str, base: str, method: str, paths: Sequence[str],
-                       body: bytes | None, duration: float, connections: int) -> Result:
-    latencies: list[float] = []
-    errors = 0
-    headers = {"Accept": JSON} | ({"Content-Type": JSON} if body is not None else {})
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    rng = random.Random(7)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=10.0) as client:
-        start = time.perf_counter()
-        deadline = start + duration
-
-        async def worker() -> None:
-            nonlocal errors
-            while time.perf_counter() < deadline and len(latencies) < PYTHON_MAX_REQUESTS:
-                path = paths[rng.randrange(len(paths))]
-                t0 = time.perf_counter()
-                try:
-                    r = await client.request(method, path, content=body, headers=headers)
-                    ok = r.status_code < 400
-                except httpx.HTTPError:
-                    ok = False
-                latencies.append(time.perf_counter() - t0)
-                errors += not ok
-
-        await asyncio.gather(*(worker() for _ in range(connections)))
-        seconds = time.perf_counter() - start
-    latencies.sort()
-    ms = [x * 1e3 for x in latencies]
-    return Result(name, "python-httpx", len(ms), seconds, len(ms) / seconds,
-                  _percentile(ms, 50), _percentile(ms, 90), _percentile(ms, 99),
-                  ms[-1] if ms else float("nan"), errors)
-
-
-@dataclass
-class LoadGen:
-    use_wrk: bool
-    duration: float
-    warmup: float
-    connections: int
-    threads: int
-
-    @property
-    def name(self) -> str:
-        return "wrk" if self.use_wrk else "python-httpx"
-
-    def creates(self, name: str, base: str, body_file: Path, warm: bool = True) -> Result:
-        url = f"{base}/fhir/Patient"
-        if self.use_wrk:
-            return self._twice(lambda d: run_wrk(name, url, "post.lua", [str(body_file)], d,
-                                                 self.connections, self.threads), warm)
-        body = body_file.read_bytes()
-        return self._twice(lambda d: asyncio.run(_python_load(
-            name, base, "POST", ["/fhir/Patient"], body, d, self.connections)), warm)
-
-    def reads(self, name: str, base: str, ids_file: Path, warm: bool = True) -> Result:
-        if self.use_wrk:
-            return self._twice(lambda d: run_wrk(name, base, "get.lua",
-                                                 [str(ids_file), "/fhir/Patient/"], d,
-                                                 self.connections, self.threads), warm)
-        paths = [f"/fhir/Patient/{i}" for i in ids_file.read_text().split()]
-        return self._twice(lambda d: asyncio.run(_python_load(
-            name, base, "GET", paths, None, d, self.connections)), warm)
-
-    def _twice(self, run: Callable[[float], Result], warm: bool) -> Result:
-        """A short unmeasured warm-up (when `warm`), then the measured run."""
-        if warm and self.warmup > 0:
-            run(self.warmup)
-        return run(self.duration)
+def measure_reads(load: LoadGen, name: str, base: str, ids_file: Path,
+                  warm: bool = True) -> Result:
+    """GET /fhir/Patient/{id}, ids drawn at random from `ids_file`."""
+    return load.measure(name, base, "GET", "", "get.lua", [str(ids_file), "/fhir/Patient/"],
+                        lambda: [f"/fhir/Patient/{i}" for i in ids_file.read_text().split()],
+                        warm=warm)
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,51 +170,22 @@ async def create_patients(base: str, count: int, concurrency: int = 8) -> list[b
     return bodies
 
 
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def _wrk_version() -> str:
-    wrk = shutil.which("wrk")
-    if wrk is None:
-        return "not installed"
-    out = subprocess.run([wrk, "--version"], capture_output=True, text=True, timeout=10,
-                         check=False)
-    return (out.stdout or out.stderr).splitlines()[0].split(" Copyright")[0].strip()
-
-
 def machine_facts(args: argparse.Namespace, generator: str,
                   load_before: tuple[float, float, float]) -> dict[str, str]:
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
-    loop = "uvloop" if _version("uvloop") != "not installed" else "asyncio"
-    http = "httptools" if _version("httptools") != "not installed" else "h11"
-    if generator == "wrk":
-        gen = f"wrk ({_wrk_version()}), {args.threads} thread(s)"
-    else:
-        gen = f"python-httpx (httpx {_version('httpx')}): client-bound, under-reports the servers"
+    loop = "uvloop" if version("uvloop") != "not installed" else "asyncio"
+    http = "httptools" if version("httptools") != "not installed" else "h11"
     return {
-        "cpus": f"{os.cpu_count()} ({usable} usable), {_cpu_model()}",
+        "cpus": cpus_fact(),
         "python": f"{platform.python_version()} ({platform.python_implementation()}), "
                   f"{platform.system()} {platform.release()}",
         "engine": args.engine,
-        "servers": f"1 uvicorn worker each; uvicorn {_version('uvicorn')}, loop={loop}, "
-                   f"http={http}, access log on; fastapi {_version('fastapi')}",
-        "load generator": gen,
+        "servers": f"1 uvicorn worker each; uvicorn {version('uvicorn')}, loop={loop}, "
+                   f"http={http}, access log on; fastapi {version('fastapi')}",
+        "load generator": generator_fact(generator == "wrk", args.threads,
+                                         "client-bound, under-reports the servers"),
         "load": f"{args.connections} connections, {args.duration:g}s per run after a "
                 f"{args.warmup:g}s warm-up, {args.patients} patients created first",
-        "note": "client and servers share the same CPUs; load average before the run "
-                + " ".join(f"{x:.2f}" for x in load_before) + " (other work skews figures)",
+        "note": "client and servers share the same CPUs; " + load_average_fact(load_before),
     }
 
 
@@ -439,19 +239,6 @@ def report(facts: dict[str, str], create: Result, reads: Sequence[Result],
     return "\n".join(lines)
 
 
-@contextlib.contextmanager
-def servers() -> Iterator[list[Server]]:
-    """Every server started inside is stopped on the way out, whatever happened."""
-    started: list[Server] = []
-    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    try:
-        yield started
-    finally:
-        for server in reversed(started):
-            server.stop()
-        signal.signal(signal.SIGTERM, previous)
-
-
 def drop_mongo_database(url: str, name: str) -> None:
     from pymongo import MongoClient
 
@@ -462,11 +249,8 @@ def drop_mongo_database(url: str, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    use_wrk = shutil.which("wrk") is not None and not args.python_client
+    use_wrk = wrk_wanted(args.python_client, ", which is client-bound and under-reports")
     load = LoadGen(use_wrk, args.duration, args.warmup, args.connections, args.threads)
-    if not use_wrk:
-        print("wrk not found (apt-get install wrk): using the Python httpx load generator, "
-              "which is client-bound and under-reports", file=sys.stderr)
     load_before = os.getloadavg()
     mongo_db = f"fhir_bench_{uuid.uuid4().hex[:10]}"
     with tempfile.TemporaryDirectory(prefix="fhir-bench-") as tmp, servers() as started:
@@ -493,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
         body_file.write_text(json.dumps(make_patient(10**7, random.Random(1))))
 
         print(f"measuring creates ({load.name})", file=sys.stderr)
-        create = load.creates("create (fhir-server)", base, body_file)
+        create = measure_creates(load, "create (fhir-server)", base, body_file)
 
         bare_port = free_port()
         bare_base = f"http://127.0.0.1:{bare_port}"
@@ -514,8 +298,9 @@ def run(args: argparse.Namespace) -> int:
         for n in range(args.rounds):
             print(f"measuring reads, round {n + 1}/{args.rounds} ({load.name})",
                   file=sys.stderr)
-            reads.append(load.reads("read (fhir-server)", base, ids_file, warm=n == 0))
-            bares.append(load.reads("read (bare FastAPI)", bare_base, ids_file, warm=n == 0))
+            reads.append(measure_reads(load, "read (fhir-server)", base, ids_file, warm=n == 0))
+            bares.append(measure_reads(load, "read (bare FastAPI)", bare_base, ids_file,
+                                       warm=n == 0))
 
     if args.engine == "mongo":
         drop_mongo_database(args.mongodb_url, mongo_db)
@@ -567,15 +352,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_main(run, parse_args(argv))
 
 
 if __name__ == "__main__":

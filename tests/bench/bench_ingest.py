@@ -24,10 +24,6 @@ import io
 import json
 import os
 import pstats
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -37,14 +33,10 @@ from typing import Any
 import httpx
 import orjson
 
+from tests.bench.common import BenchError, Server, fhir_server_argv, free_port, server_env
+
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT.parent / "shared" / "samples" / "synthea-r4"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def bundles(folder: Path) -> list[bytes]:
@@ -57,26 +49,16 @@ def count(raw: list[bytes]) -> int:
 
 def server_run(raw: list[bytes], rounds: int) -> list[float]:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FHIR_SERVER_")}
-    with tempfile.TemporaryDirectory() as data:
-        cmd = [sys.executable, "-c", "from fhir_server.cli import main; main()", "serve",
-               "--host", "127.0.0.1", "--port", str(port), "--data-dir", data, "--no-seed"]
-        proc = subprocess.Popen(
-            cmd,
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    with tempfile.TemporaryDirectory() as work:
+        server = Server("fhir-server", fhir_server_argv(port, Path(work) / "data", None),
+                        server_env(), Path(work) / "fhir-server.log")
         try:
             base = f"http://127.0.0.1:{port}/fhir"
+            try:
+                server.wait_ready(f"{base}/metadata")
+            except BenchError as exc:
+                raise SystemExit(f"the server did not start: {exc}") from None
             with httpx.Client(timeout=600) as client:
-                for _ in range(200):
-                    try:
-                        if client.get(f"{base}/metadata").status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        time.sleep(0.1)
-                else:
-                    raise SystemExit("the server did not start")
                 headers = {"Content-Type": "application/fhir+json", "Prefer": "return=minimal"}
                 client.post(base, content=raw[0], headers=headers)  # warm-up, not measured
                 rates = []
@@ -90,11 +72,7 @@ def server_run(raw: list[bytes], rounds: int) -> list[float]:
                     rates.append(n / (time.perf_counter() - started))
                 return rates
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+            server.stop()
 
 
 async def raw_run(raw: list[bytes], rounds: int) -> list[float]:

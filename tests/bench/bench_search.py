@@ -52,23 +52,25 @@ from urllib.parse import quote, urlencode
 import httpx
 import orjson
 
-from tests.bench.bench_crud import (
+from tests.bench.common import (
+    JSON,
     BenchError,
+    LoadGen,
     Result,
     Server,
-    _cpu_model,
-    _python_load,
-    _version,
-    _wrk_version,
+    cpus_fact,
     fhir_server_argv,
     free_port,
-    run_wrk,
+    generator_fact,
+    load_average_fact,
+    run_main,
     server_env,
     servers,
+    version,
+    wrk_wanted,
 )
 
 DEFAULT_SAMPLES = Path(os.environ.get("FHIR_BENCH_SYNTHEA", "/work/shared/samples/synthea-r4"))
-JSON = "application/fhir+json"
 P50_GOAL_MS = 10.0
 P99_GOAL_MS = 50.0
 RATIO_GOAL = 1.5
@@ -368,28 +370,7 @@ class Row:
     shape: Shape
 
 
-@dataclass
-class Options:
-    duration: float
-    warmup: float
-    connections: int
-    threads: int
-    use_wrk: bool
-
-    def measure(self, name: str, base: str, paths_file: Path, paths: list[str]) -> Result:
-        def once(seconds: float) -> Result:
-            if self.use_wrk:
-                return run_wrk(name, base, "search.lua", [str(paths_file)], seconds,
-                               self.connections, self.threads)
-            return asyncio.run(_python_load(name, base, "GET", paths, None, seconds,
-                                            self.connections))
-
-        if self.warmup > 0:
-            once(self.warmup)
-        return once(self.duration)
-
-
-def measure_size(args: argparse.Namespace, run: Options, work: Path, data: Path, size: int,
+def measure_size(args: argparse.Namespace, run: LoadGen, work: Path, data: Path, size: int,
                  catalog: Catalog, started: list[Server]) -> list[Row]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -406,7 +387,8 @@ def measure_size(args: argparse.Namespace, run: Options, work: Path, data: Path,
             paths_file.write_text("".join(p + "\n" for p in paths))
             shape = check_queries(base, paths)
             print(f"  {SEARCHES[key]}: measuring", file=sys.stderr)
-            result = run.measure(SEARCHES[key], base, paths_file, paths)
+            result = run.measure(SEARCHES[key], base, "GET", "", "search.lua",
+                                 [str(paths_file)], lambda paths=paths: paths)
             rows.append(Row(key, size, result, shape))
     finally:
         server.stop()
@@ -455,30 +437,24 @@ def report(facts: dict[str, str], loads: list[tuple[int, LoadStats]], rows: list
     return "\n".join(lines)
 
 
-def machine_facts(args: argparse.Namespace, run: Options) -> dict[str, str]:
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
-    gen = (f"wrk ({_wrk_version()}), {args.threads} thread(s)" if run.use_wrk else
-           f"python-httpx (httpx {_version('httpx')}): client-bound, over-reports latency")
+def machine_facts(args: argparse.Namespace, run: LoadGen) -> dict[str, str]:
     return {
-        "cpus": f"{os.cpu_count()} ({usable} usable), {_cpu_model()}",
-        "python": f"{sys.version.split()[0]}, uvicorn {_version('uvicorn')}, "
-                  f"fastapi {_version('fastapi')}, sqlite {__import__('sqlite3').sqlite_version}",
+        "cpus": cpus_fact(),
+        "python": f"{sys.version.split()[0]}, uvicorn {version('uvicorn')}, "
+                  f"fastapi {version('fastapi')}, sqlite {__import__('sqlite3').sqlite_version}",
         "engine": "sqlite, 1 uvicorn worker, access log on",
-        "load generator": gen,
+        "load generator": generator_fact(run.use_wrk, args.threads,
+                                         "client-bound, over-reports latency"),
         "load": f"{args.connections} connection(s), {args.duration:g}s per search after a "
                 f"{args.warmup:g}s warm-up, {args.queries} distinct queries per search",
         "data": f"Synthea bundles from {args.samples}, cloned with fresh ids",
-        "note": "load average before the run "
-                + " ".join(f"{x:.2f}" for x in os.getloadavg()) + " (other work skews figures)",
+        "note": load_average_fact(os.getloadavg()),
     }
 
 
 def run(args: argparse.Namespace) -> int:
-    use_wrk = shutil.which("wrk") is not None and not args.python_client
-    if not use_wrk:
-        print("wrk not found (apt-get install wrk): using the Python httpx load generator",
-              file=sys.stderr)
-    settings = Options(args.duration, args.warmup, args.connections, args.threads, use_wrk)
+    use_wrk = wrk_wanted(args.python_client, "")
+    settings = LoadGen(use_wrk, args.duration, args.warmup, args.connections, args.threads)
     facts = machine_facts(args, settings)
     templates = read_templates(args.samples)
     began = time.perf_counter()
@@ -587,15 +563,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_main(run, parse_args(argv))
 
 
 if __name__ == "__main__":

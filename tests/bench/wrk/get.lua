@@ -1,39 +1,11 @@
 -- wrk script: GET PREFIX/<id> for an id drawn at random (uniformly) from a file of ids, one a line.
 -- Usage: wrk ... -s get.lua http://HOST:PORT -- IDS_FILE /fhir/Patient/
--- done() prints one machine-readable line, "WRK_JSON {...}", that bench_crud.py parses.
+-- done() (common.lua) prints one machine-readable line, "WRK_JSON {...}", that bench_crud.py
+-- parses.
 
-local counter = 0
+local common = dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "") .. "common.lua")
 
-function setup(thread)
-   counter = counter + 1
-   thread:set("seed", counter)
-end
+setup = common.setup
+done = common.done
 
-local paths = {}
-
-function init(args)
-   local prefix = args[2] or "/fhir/Patient/"
-   for line in io.lines(args[1]) do
-      if #line > 0 then
-         paths[#paths + 1] = prefix .. line
-      end
-   end
-   assert(#paths > 0, "no ids in " .. args[1])
-   math.randomseed(os.time() * 1000 + (seed or 0))
-   wrk.headers["Accept"] = "application/fhir+json"
-end
-
-function request()
-   return wrk.format("GET", paths[math.random(#paths)])
-end
-
-function done(summary, latency, requests)
-   local e = summary.errors
-   io.write(string.format(
-      'WRK_JSON {"requests": %d, "duration_us": %d, "bytes": %d, "connect_errors": %d, ' ..
-      '"read_errors": %d, "write_errors": %d, "timeouts": %d, "status_errors": %d, ' ..
-      '"mean_us": %.1f, "max_us": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d}\n',
-      summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.timeout,
-      e.status, latency.mean, latency.max, latency:percentile(50), latency:percentile(90),
-      latency:percentile(99)))
-end
+init, request = common.random_gets("/fhir/Patient/", "ids")
