@@ -6,7 +6,7 @@ from typing import Any
 
 from fhir_server import __version__
 from fhir_server.context import RequestContext
-from fhir_server.definitions import MODELLED_RESOURCE_TYPES
+from fhir_server.definitions import R4_RESOURCE_TYPES
 from fhir_server.search.registry import Registry
 
 TYPE_INTERACTIONS = (
@@ -96,7 +96,7 @@ def capability_statement(ctx: RequestContext) -> dict[str, Any]:
         "rest": [
             {
                 "mode": "server",
-                "resource": [_resource(ctx, t) for t in sorted(MODELLED_RESOURCE_TYPES)],
+                "resource": [_resource(ctx, t) for t in sorted(R4_RESOURCE_TYPES)],
                 "interaction": [
                     {"code": "transaction"},
                     {"code": "batch"},

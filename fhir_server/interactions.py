@@ -20,7 +20,7 @@ import orjson
 
 from fhir_server import errors
 from fhir_server.context import RequestContext
-from fhir_server.definitions import MODELLED_RESOURCE_TYPES
+from fhir_server.definitions import R4_RESOURCE_TYPES
 from fhir_server.fhirtime import clock, format_instant, parse_range
 from fhir_server.patch import apply_fhirpath_patch, apply_json_patch
 from fhir_server.search.indexer import index_resource
@@ -50,7 +50,7 @@ class WriteResult:
 
 
 def check_type(type_: str) -> None:
-    if type_ not in MODELLED_RESOURCE_TYPES:
+    if type_ not in R4_RESOURCE_TYPES:
         raise errors.not_found(f"Resource type '{type_}' is not supported by this server")
 
 

@@ -21,7 +21,13 @@ from typing import Any
 import orjson
 import pytest
 
-from fhir_server.definitions import R4_RESOURCE_TYPES, Kind, Property, type_definition
+from fhir_server.definitions import (
+    R4_RESOURCE_TYPES,
+    Kind,
+    Property,
+    primitive_pattern,
+    type_definition,
+)
 from fhir_server.errors import FhirError, Issue
 from fhir_server.search.indexer import index_resource
 from fhir_server.search.model import ResourceIndex, StringEntry, TokenEntry, TokenMatch
@@ -131,6 +137,8 @@ def _value(item: Any, prop: Property, path: str, issues: list[Issue]) -> None:
             _issue(issues, "value", path, f"must be {_JSON_NAMES[prop.kind]} ({prop.type})")
         elif isinstance(item, str) and not item.strip():
             _issue(issues, "value", path, "must not be empty or only whitespace")
+        elif isinstance(item, str) and not _well_formed(item, prop.type):
+            _issue(issues, "value", path, f"{_show(item)} is not a valid {prop.type}")
 
 
 def _companion(item: Any, prop: Property, path: str, issues: list[Issue]) -> None:
@@ -349,3 +357,13 @@ def test_new_ids_are_time_ordered_uuid7() -> None:
     earlier = new_id()
     time.sleep(0.002)
     assert new_id() > earlier
+
+
+def _well_formed(text: str, type_code: str) -> bool:
+    """The value matches its primitive type's format (date, id, uri, ...; see definitions)."""
+    pattern = primitive_pattern(type_code)
+    return pattern is None or pattern.fullmatch(text) is not None
+
+
+def _show(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:37] + "...")

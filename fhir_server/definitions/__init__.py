@@ -15,6 +15,7 @@ also the XML element name: choice elements are expanded ("value[x]" gives "value
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -35,6 +36,7 @@ __all__ = [
     "Property",
     "TypeDefinition",
     "mandatory_elements",
+    "primitive_pattern",
     "summary_elements",
     "type_definition",
 ]
@@ -154,6 +156,13 @@ def type_definition(name: str) -> TypeDefinition:
         for prop in _expand(order, element)
     }
     return TypeDefinition(name=name, properties=properties)
+
+
+@functools.cache
+def primitive_pattern(type_code: str) -> re.Pattern[str] | None:
+    """The compiled format of a primitive type whose values are checked (date, id, uri, ...)."""
+    pattern = _data().get("primitivePatterns", {}).get(type_code)
+    return None if pattern is None else re.compile(pattern)
 
 
 @functools.cache

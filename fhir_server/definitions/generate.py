@@ -141,6 +141,25 @@ def modelled(resource_types: Iterable[str]) -> list[str]:
     return names
 
 
+# Primitive types whose value format is checked with the definition's regex. Strings and
+# markdown are left out (their regex rejects Unicode spaces real names contain), base64Binary
+# too (a regex over megabytes of data costs more than it tells).
+CHECKED_FORMATS = frozenset((
+    "code", "date", "dateTime", "instant", "time", "id", "oid", "uuid", "uri", "url", "canonical",
+))
+
+
+def value_regex(sd: dict[str, Any]) -> str | None:
+    """The regex extension on a primitive type's `value` element."""
+    for element in sd["snapshot"]["element"]:
+        if element["path"].endswith(".value"):
+            for type_ in element.get("type", []):
+                for ext in type_.get("extension", []):
+                    if ext["url"].endswith("/regex"):
+                        return str(ext["valueString"])
+    return None
+
+
 def build(source: Path) -> dict[str, Any]:
     datatypes = list(structure_definitions(source, "profiles-types.json"))
     resources = [
@@ -153,6 +172,11 @@ def build(source: Path) -> dict[str, Any]:
         for sd in datatypes
         if is_concrete(sd, "primitive-type")
     }
+    patterns = {
+        sd["type"]: pattern
+        for sd in datatypes
+        if sd["type"] in CHECKED_FORMATS and (pattern := value_regex(sd)) is not None
+    }
     tables: dict[str, list[list[Any]]] = {}
     for sd in [*(d for d in datatypes if is_concrete(d, "complex-type")), *resources]:
         tables.update(element_tables(sd))
@@ -161,6 +185,7 @@ def build(source: Path) -> dict[str, Any]:
         "resourceTypes": resource_types,
         "modelledResourceTypes": modelled(resource_types),
         "primitiveTypes": primitives,
+        "primitivePatterns": patterns,
         "types": tables,
     }
     check_references(data)

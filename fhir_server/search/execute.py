@@ -19,7 +19,7 @@ import orjson
 
 from fhir_server import errors
 from fhir_server.context import RequestContext
-from fhir_server.definitions import MODELLED_RESOURCE_TYPES
+from fhir_server.definitions import R4_RESOURCE_TYPES
 from fhir_server.search import types, valuesets
 from fhir_server.search.fhirpath import compile_expression
 from fhir_server.search.model import And, IdMatch, Or, Predicate, ReferenceEntry, ReferenceMatch
@@ -91,7 +91,7 @@ def compartment_types(owner_type: str, type_: str) -> tuple[str, ...]:
         raise errors.not_found(f"Compartment '{owner_type}' is not supported; only Patient is")
     members = patient_compartment()
     if type_ == "*":
-        return tuple(sorted(t for t in members if t in MODELLED_RESOURCE_TYPES))
+        return tuple(sorted(t for t in members if t in R4_RESOURCE_TYPES))
     if type_ not in members:
         raise errors.bad_request(f"{type_} is not part of the Patient compartment")
     return (type_,)
@@ -212,7 +212,7 @@ async def _reverse(
 ) -> list[Version]:
     found: list[Version] = []
     for inc in revs:
-        sources = [inc.source_type] if inc.source_type != "*" else sorted(MODELLED_RESOURCE_TYPES)
+        sources = [inc.source_type] if inc.source_type != "*" else sorted(R4_RESOURCE_TYPES)
         for source in sources:
             params = ctx.registry.params(source)
             codes = (
@@ -319,7 +319,7 @@ def type_scope(type_: str) -> Scope:
 
 
 def system_scope() -> Scope:
-    return Scope(tuple(sorted(MODELLED_RESOURCE_TYPES)), "")
+    return Scope(tuple(sorted(R4_RESOURCE_TYPES)), "")
 
 
 def compartment_scope(owner_type: str, owner_id: str, type_: str) -> Scope:

@@ -13,7 +13,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhir_server.definitions import R4_RESOURCE_TYPES, Kind, Property, type_definition
+from fhir_server.definitions import (
+    R4_RESOURCE_TYPES,
+    Kind,
+    Property,
+    primitive_pattern,
+    type_definition,
+)
 from fhir_server.errors import Issue
 
 _JSON_TYPES: dict[Kind, tuple[type, ...]] = {
@@ -102,7 +108,7 @@ def _object(value: dict[str, Any], type_name: str, path: str, issues: list[Issue
         prop = properties.get(key)
         if prop is None:
             _issue(issues, "structure", f"{path}.{key}", f"unknown element '{key}'")
-        elif not prop.array and prop.kind in _JSON_TYPES and _plain(item, prop.kind):
+        elif not prop.array and prop.kind in _JSON_TYPES and _plain(item, prop):
             continue  # the common case, a well-formed single primitive: nothing to report
         else:
             _property(item, prop, f"{path}.{key}", issues, companion=value.get("_" + key))
@@ -111,10 +117,12 @@ def _object(value: dict[str, Any], type_name: str, path: str, issues: list[Issue
             _issue(issues, "required", f"{path}.{element}", "missing required element")
 
 
-def _plain(item: Any, kind: Kind) -> bool:
+def _plain(item: Any, prop: Property) -> bool:
     """A single primitive value `_value` finds nothing wrong with."""
+    kind = prop.kind
     if kind is Kind.STRING or kind is Kind.XHTML:
-        return type(item) is str and not item.isspace() and item != ""
+        return (type(item) is str and not item.isspace() and item != ""
+                and _well_formed(item, prop.type))
     if kind is Kind.BOOLEAN:
         return type(item) is bool
     if kind is Kind.INTEGER:
@@ -164,6 +172,8 @@ def _value(item: Any, prop: Property, path: str, issues: list[Issue]) -> None:
             _issue(issues, "value", path, f"must be {_JSON_NAMES[prop.kind]} ({prop.type})")
         elif isinstance(item, str) and not item.strip():
             _issue(issues, "value", path, "must not be empty or only whitespace")
+        elif isinstance(item, str) and not _well_formed(item, prop.type):
+            _issue(issues, "value", path, f"{_show(item)} is not a valid {prop.type}")
 
 
 def _companion(item: Any, prop: Property, path: str, issues: list[Issue]) -> None:
@@ -177,3 +187,13 @@ def _companion(item: Any, prop: Property, path: str, issues: list[Issue]) -> Non
             _issue(issues, "structure", where, "must be a JSON object (Element)")
         else:
             _object(element, "Element", where, issues)
+
+
+def _well_formed(text: str, type_code: str) -> bool:
+    """The value matches its primitive type's format (date, id, uri, ...; see definitions)."""
+    pattern = primitive_pattern(type_code)
+    return pattern is None or pattern.fullmatch(text) is not None
+
+
+def _show(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:37] + "...")
