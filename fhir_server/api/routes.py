@@ -317,10 +317,10 @@ async def _search_params(request: Request) -> list[tuple[str, str]]:
 
 
 async def _run_search(request: Request, scope: execute.Scope) -> Response:
-    negotiate(request)
+    raw = negotiate(request) == JSON
     ctx = context(request)
     strict = _prefer(request, "handling") == "strict"
-    bundle = await execute.search(ctx, scope, await _search_params(request), strict)
+    bundle = await execute.search(ctx, scope, await _search_params(request), strict, raw)
     return document_response(request, bundle)
 
 

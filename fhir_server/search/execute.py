@@ -236,11 +236,17 @@ def _link(ctx: RequestContext, scope: Scope, params: Iterable[tuple[str, str]]) 
     return f"{path}?{query}" if query else path
 
 
-def _entry(ctx: RequestContext, v: Version, mode: str, request: SearchRequest) -> dict[str, Any]:
-    resource = v.resource()
+def _entry(
+    ctx: RequestContext, v: Version, mode: str, request: SearchRequest, raw: bool
+) -> dict[str, Any]:
+    resource: Any
     if request.summary or request.elements:
         elements = ",".join(request.elements) if request.elements else None
-        resource = shape(resource, request.summary, elements)
+        resource = shape(v.resource(), request.summary, elements)
+    elif raw:
+        resource = orjson.Fragment(v.body)  # the stored JSON goes out as it is, unparsed
+    else:
+        resource = v.resource()
     return {
         "fullUrl": f"{ctx.base_url}/{v.type}/{v.id}",
         "resource": resource,
@@ -249,8 +255,11 @@ def _entry(ctx: RequestContext, v: Version, mode: str, request: SearchRequest) -
 
 
 async def search(
-    ctx: RequestContext, scope: Scope, params: list[tuple[str, str]], strict: bool
+    ctx: RequestContext, scope: Scope, params: list[tuple[str, str]], strict: bool,
+    raw: bool = False,
 ) -> dict[str, Any]:
+    """The searchset Bundle. With `raw`, entry resources are the stored JSON bytes as
+    `orjson.Fragment`s: only for a JSON response, which orjson then writes without parsing."""
     single = scope.types[0] if len(scope.types) == 1 and scope.path else None
     request = parse_search(single, params, ctx.registry, ctx.base_url, strict)
     if not scope.path and request.types:
@@ -297,8 +306,8 @@ async def search(
     if total is not None:
         bundle["total"] = total
     bundle["link"] = links
-    entries = [_entry(ctx, v, "match", request) for v in versions]
-    entries += [_entry(ctx, v, "include", request) for v in included]
+    entries = [_entry(ctx, v, "match", request, raw) for v in versions]
+    entries += [_entry(ctx, v, "include", request, raw) for v in included]
     if request.ignored:
         issue = errors.Issue(
             "not-supported",
