@@ -35,7 +35,6 @@ from fhir_server.store.sqlite_search import (
     INDEX_TABLES,
     Sql,
     index_only_count,
-    index_only_page,
     index_rows,
     insert_sql,
     keyset_condition,
@@ -327,14 +326,8 @@ class SqliteStore(Store):
     def _search(self, conn: sqlite3.Connection, query: SearchQuery) -> list[Match]:
         """Two steps: the page's ids and sort keys first, then only those bodies (sorting
         a large match set never drags every body along)."""
-        sql = Sql()
-        after = None if query.after is None else query.after[-1]
-        text = None if query.sort else index_only_page(
-            query.where, query.type, after, query.backwards, query.limit, sql  # type: ignore[arg-type]
-        )
-        if text is not None:
-            return self._bodies(conn, query, self._fetch(text, tuple(sql.params), conn))
         descending = query.directions()
+        sql = Sql()
         keys = [f"{sort_expression(key, sql)} AS k{i}" for i, key in enumerate(query.sort)]
         columns = ", ".join(["r.id", *keys])
         where = self._where(query.type, query.where, sql)
@@ -347,12 +340,7 @@ class SqliteStore(Store):
         order.append("id DESC" if query.backwards else "id")
         text += f" ORDER BY {', '.join(order)} LIMIT ?"
         sql.params.append(query.limit)
-        return self._bodies(conn, query, self._fetch(text, tuple(sql.params), conn))
-
-    def _bodies(
-        self, conn: sqlite3.Connection, query: SearchQuery, page: list[tuple[Any, ...]]
-    ) -> list[Match]:
-        """Matches for page rows (id, sort keys...) in scan order, with their bodies."""
+        page = self._fetch(text, tuple(sql.params), conn)
         if query.backwards:
             page.reverse()
         if not page:

@@ -295,25 +295,6 @@ def _probe(p: Predicate, outer: str, rtype: str, sql: Sql) -> str:
             f"AND {a}.rid = {outer}.id AND {a}.param = ? AND ({_any_of(leaves, a, sql)}))")
 
 
-def index_only_page(
-    p: Predicate | None, rtype: str, after: str | None, backwards: bool, limit: int, sql: Sql
-) -> str | None:
-    """The ids of a page in id order read from one index table alone, when `p` is leaves on
-    one parameter and the order is by id: no lookup of every match in `resources`."""
-    found = None if p is None else _one_parameter(p)
-    if found is None:
-        return None
-    table, param, leaves = found
-    sql.params += [rtype, param]
-    text = (f"SELECT DISTINCT a.rid FROM {table} a WHERE a.rtype = ? AND a.param = ? "
-            f"AND ({_any_of(leaves, 'a', sql)})")
-    if after is not None:
-        sql.params.append(after)
-        text += " AND a.rid < ?" if backwards else " AND a.rid > ?"
-    sql.params.append(limit)
-    return text + f" ORDER BY a.rid {'DESC' if backwards else 'ASC'} LIMIT ?"
-
-
 def index_only_count(p: Predicate | None, rtype: str, sql: Sql) -> str | None:
     """A count read from one index table alone, when `p` is leaves on one parameter: index
     rows exist only for current, non-deleted resources, so the resources table is not needed."""
