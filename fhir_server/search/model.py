@@ -173,6 +173,28 @@ class ValueSetMatch:
 
 
 @dataclass(frozen=True, slots=True)
+class ListMatch:
+    """`_list=id`: the resources of `resource_type` that List/`list_id` names in its entries
+    (search.html#list). The search layer replaces it with an IdMatch before an engine sees it."""
+
+    resource_type: str
+    list_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Hierarchy:
+    """Reference `:below` / `:above` (search.html#recursive): a reference to `id` (of one of
+    `types`) or to any resource below (`above` False) or above it in its type's circular
+    hierarchy (Location.partOf, Encounter.partOf, ...). The search layer replaces it with the
+    ReferenceMatches of the resources it finds before an engine sees it."""
+
+    param: str
+    types: tuple[str, ...]
+    id: str
+    above: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Missing:
     """`param:missing=true` (missing=True) or `=false`."""
 
@@ -234,7 +256,7 @@ class Has:
 
 Predicate = (
     StringMatch | TokenMatch | RangeMatch | ReferenceMatch | UriMatch | Missing | IdMatch | Not
-    | And | Or | Composite | Chain | Has | ValueSetMatch
+    | And | Or | Composite | Chain | Has | ValueSetMatch | ListMatch | Hierarchy
 )
 
 

@@ -8,11 +8,15 @@ The parameters arrive URL-decoded, in order, as (name, value) pairs. Semantics:
   them" (`Not(Or(...))`), not "not all of them".
 - Chains `subject:Patient.name=x`, `patient.organization.name=x` to any depth. Each step's target
   type is its `:Type`, else the reference's only target; with several targets the chain is an Or
-  over all of them when every target has the next parameter, and an error otherwise.
+  over those that have the next parameter (`DiagnosticReport?subject.name=x` searches Patient
+  and Location names; Group and Device have no `name`), and an error when none has it.
 - `_has:Type:ref:param=value` reverse chains, nestable (`_has:A:p:_has:B:q:r=v`), where `ref`
   must be a reference parameter of Type able to point at the searched type.
-- `_id` -> IdMatch (`:not` negates); `_lastUpdated`, `_tag`, `_profile`, `_security`, `_source`
-  and all others resolve through the registry.
+- `_id` -> IdMatch (`:not` negates); `_list=id` -> ListMatch (resolved by the search layer;
+  functional lists such as `$current-allergies` are not supported); `_lastUpdated`, `_tag`,
+  `_profile`, `_security`, `_source` and all others resolve through the registry.
+- An empty parameter (`gender=`) is no error: it is ignored, as search.html says, and left out
+  of `kept` and `ignored` alike.
 - Result parameters: `_sort` (comma list, `-` descending, sortable parameters and `_id` only),
   `_count` (non-negative integer), `_total`, `_summary`, `_elements`, `_include` /
   `_revinclude` (`Type:param[:target]`, `Type:*`, `*`; `:iterate`, with R3's `:recurse` as a
@@ -46,6 +50,7 @@ from fhir_server.search.model import (
     Chain,
     Has,
     IdMatch,
+    ListMatch,
     Missing,
     Not,
     Or,
@@ -59,7 +64,7 @@ if TYPE_CHECKING:
 
 TOTAL_MODES = ("none", "estimate", "accurate")
 _ITERATE = ("iterate", "recurse")
-_EVERY_TYPE = ("_id", "_has")
+_EVERY_TYPE = ("_id", "_has", "_list")
 """Chain continuations every resource type accepts."""
 _RESOURCE_LEVEL_PROBE = "Basic"
 """Every type has the Resource-level parameters, so any one type answers for system search."""
@@ -190,8 +195,8 @@ class _Parser:
     def apply(self, name: str, value: str) -> bool:
         """Apply one parameter; True when it belongs in the self link. ValueError if unusable."""
         base, _, modifier = name.partition(":")
-        if base in ("_format", "_pretty"):
-            return False
+        if base in ("_format", "_pretty") or not value:
+            return False  # an empty parameter is ignored, not an error (search.html#errors)
         handler = _RESULT_PARAMS.get(base)
         if handler is None:
             self.clauses.append(self.predicate(self.resource_type, name, _nonempty(value, name)))
@@ -321,6 +326,8 @@ class _Parser:
             return self._missing(self.param(resource_type, code).code, values)
         if code == "_id":
             return _ids(modifier or None, values)
+        if code == "_list":
+            return _lists(resource_type, modifier or None, values)
         param = self.param(resource_type, code)
         ctx = param_types.ParseContext(self.base_url, partial(self.lookup, resource_type))
         return _any_of([param_types.parse(param, modifier or None, v, ctx) for v in values])
@@ -352,14 +359,15 @@ class _Parser:
         if len(param.targets) == 1:
             return list(param.targets)
         next_code = re.split(r"[.:]", rest, maxsplit=1)[0]
-        if param.targets and all(
-            next_code in _EVERY_TYPE or self.registry.get(t, next_code) is not None
+        having = [
+            t
             for t in param.targets
-        ):
-            return list(param.targets)
+            if next_code in _EVERY_TYPE or self.registry.get(t, next_code) is not None
+        ]
+        if having:
+            return having
         raise ValueError(
-            f"'{param.code}' may point at several types, not all of which have "
-            f"'{next_code}'; name one, as in '{param.code}:Type.{rest}'"
+            f"'{param.code}' may point at several types, none of which has '{next_code}'"
         )
 
     def _has(self, resource_type: str | None, name: str, value: str) -> Predicate:
@@ -378,6 +386,17 @@ def _ids(modifier: str | None, values: list[str]) -> Predicate:
         raise ValueError(f"modifier ':{modifier}' is not supported on _id")
     ids = tuple(dict.fromkeys(param_types.unescape(_nonempty(v, "_id")) for v in values))
     return Not(IdMatch(ids)) if modifier else IdMatch(ids)
+
+
+def _lists(resource_type: str | None, modifier: str | None, values: list[str]) -> Predicate:
+    if modifier is not None:
+        raise ValueError(f"modifier ':{modifier}' is not supported on _list")
+    if resource_type is None:
+        raise ValueError("_list needs a resource type to search")
+    ids = [param_types.unescape(_nonempty(v, "_list")) for v in dict.fromkeys(values)]
+    if any(i.startswith("$") for i in ids):
+        raise ValueError("functional lists ($current-allergies, ...) are not supported")
+    return _any_of([ListMatch(resource_type, i) for i in ids])
 
 
 _RESULT_PARAMS: dict[str, Callable[[_Parser, str, bool], None]] = {

@@ -6,22 +6,23 @@ enumerated concepts, whole code systems (any code of that system), `is-a` / `des
 filters over a CodeSystem stored here, and other ValueSets it includes; `exclude` removes
 enumerated codes. Anything else (other filters, an unknown ValueSet or CodeSystem) is an error
 that names what is missing, rather than a silent partial answer.
+
+Implicit ValueSet URLs (`[system]?fhir_vs` for every code of a system, `[system]?fhir_vs=isa/
+[code]` for a code and its descendants, as SNOMED CT defines them and search.html's
+`Condition?code:in=http://snomed.info/sct?fhir_vs=isa/126851005` uses) stand for that compose
+when no ValueSet with the URL is stored; `isa` needs the CodeSystem (or a fragment of it) here.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fhir_server import errors
 from fhir_server.context import RequestContext
 from fhir_server.search.model import (
     ANY,
-    And,
-    Chain,
-    Composite,
-    Has,
     IdMatch,
-    Not,
     Or,
     Predicate,
     TokenMatch,
@@ -36,15 +37,34 @@ MAX_DEPTH = 8
 """ValueSets including ValueSets: deeper than this is taken for a cycle."""
 
 
-async def _canonical(ctx: RequestContext, type_: str, url: str) -> dict[str, Any]:
+_IMPLICIT = re.compile(r"(?P<system>[^?|]+)\?fhir_vs(?:=isa/(?P<code>[^/]+))?")
+
+
+async def _stored(ctx: RequestContext, type_: str, url: str) -> dict[str, Any] | None:
     base, _, version = url.partition("|")
     query = SearchQuery(type_, UriMatch("url", base), limit=50)
     found = [m.version.resource() for m in await ctx.store.search(query)]
     if version:
         found = [r for r in found if r.get("version") == version]
-    if not found:
+    return max(found, key=lambda r: str(r.get("version", ""))) if found else None
+
+
+async def _canonical(ctx: RequestContext, type_: str, url: str) -> dict[str, Any]:
+    found = await _stored(ctx, type_, url)
+    if found is None:
         raise errors.bad_request(f"No {type_} with url '{url}' is stored on this server")
-    return max(found, key=lambda r: str(r.get("version", "")))
+    return found
+
+
+def _implicit(url: str) -> dict[str, Any] | None:
+    """The ValueSet an implicit URL stands for (`?fhir_vs`, `?fhir_vs=isa/code`), or None."""
+    m = _IMPLICIT.fullmatch(url)
+    if m is None:
+        return None
+    include: dict[str, Any] = {"system": m["system"]}
+    if m["code"]:
+        include["filter"] = [{"property": "concept", "op": "is-a", "value": m["code"]}]
+    return {"resourceType": "ValueSet", "url": url, "compose": {"include": [include]}}
 
 
 def _contains(items: list[dict[str, Any]]) -> list[Code]:
@@ -102,7 +122,9 @@ async def _include(ctx: RequestContext, part: dict[str, Any], depth: int) -> lis
 async def expand(ctx: RequestContext, url: str, depth: int = 0) -> list[Code]:
     if depth > MAX_DEPTH:
         raise errors.bad_request(f"ValueSet '{url}' includes ValueSets too deeply (a cycle?)")
-    valueset = await _canonical(ctx, "ValueSet", url)
+    valueset = await _stored(ctx, "ValueSet", url) or _implicit(url)
+    if valueset is None:
+        raise errors.bad_request(f"No ValueSet with url '{url}' is stored on this server")
     expansion = (valueset.get("expansion") or {}).get("contains")
     if expansion:
         return _contains(expansion)
@@ -116,22 +138,9 @@ async def expand(ctx: RequestContext, url: str, depth: int = 0) -> list[Code]:
     return [c for c in dict.fromkeys(codes) if c not in excluded]
 
 
-async def resolve(ctx: RequestContext, p: Predicate) -> Predicate:
-    """`p` with every ValueSetMatch replaced by the codes of its expansion."""
-    if isinstance(p, ValueSetMatch):
-        codes = await expand(ctx, p.valueset)
-        if not codes:
-            return IdMatch(())  # an empty ValueSet: nothing is in it
-        return Or(tuple(TokenMatch(p.param, system, code) for system, code in codes))
-    if isinstance(p, And | Or):
-        children = tuple([await resolve(ctx, c) for c in p.predicates])
-        return type(p)(children)
-    if isinstance(p, Not):
-        return Not(await resolve(ctx, p.predicate))
-    if isinstance(p, Chain):
-        return Chain(p.param, p.target_type, await resolve(ctx, p.where))
-    if isinstance(p, Has):
-        return Has(p.source_type, p.param, await resolve(ctx, p.where))
-    if isinstance(p, Composite):
-        return Composite(p.param, tuple([await resolve(ctx, c) for c in p.components]))
-    return p
+async def codes_match(ctx: RequestContext, p: ValueSetMatch) -> Predicate:
+    """The token matches of the codes of `p`'s ValueSet (nothing, for an empty one)."""
+    codes = await expand(ctx, p.valueset)
+    if not codes:
+        return IdMatch(())  # an empty ValueSet: nothing is in it
+    return Or(tuple(TokenMatch(p.param, system, code) for system, code in codes))

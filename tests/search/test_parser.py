@@ -17,7 +17,9 @@ from fhir_server.search.model import (
     Chain,
     Composite,
     Has,
+    Hierarchy,
     IdMatch,
+    ListMatch,
     Missing,
     Not,
     Or,
@@ -268,10 +270,18 @@ def test_chain_over_several_targets_that_all_have_the_parameter() -> None:
     )
 
 
+def test_chain_over_the_targets_that_have_the_parameter() -> None:
+    # search.html: DiagnosticReport?subject.name=peter searches the subject types that have a
+    # `name` parameter; here Organization has no identifier, Practitioner has.
+    assert where("performer.identifier=1", "Observation") == Chain(
+        "performer", "Practitioner", TokenMatch("identifier", ANY, "1")
+    )
+
+
 @pytest.mark.parametrize(
     ("query", "message"),
     [
-        ("performer.identifier=1", "several types"),  # Organization has no identifier here
+        ("performer.gender=male", "none of which has 'gender'"),
         ("subject:Practitioner.name=x", "never points at"),
         ("code.name=x", "not a reference"),
         ("patient.nickname=x", "unknown search parameter 'nickname' for Patient"),
@@ -468,7 +478,6 @@ def test_include_in_system_search_checks_the_listed_types() -> None:
         ("birthdate=xx2024", "birthdate"),
         ("name:sounds-like=x", "name:sounds-like"),
         ("gender:below=male", "gender:below"),
-        ("name=", "name"),
         ("name=a,,b", "name"),
         ("_sort:asc=name", "_sort:asc"),
         ("_contained=true", "_contained"),
@@ -483,6 +492,48 @@ def test_strict_rejects_and_lenient_ignores(query: str, bad: str) -> None:
     assert request.ignored == (bad,)
     assert request.where == name("Ann")
     assert request.kept == (("name", "Ann"),)
+
+
+@pytest.mark.parametrize(
+    "query", ["name=", "name:exact=", "_has:Observation:patient:code=", "_count=", "nickname="]
+)
+def test_empty_parameters_are_ignored_even_when_strict(query: str) -> None:
+    # search.html#errors: "Empty parameters are not an error - they are just ignored".
+    request = search(f"{query}&name=Ann")
+    assert request.where == name("Ann")
+    assert request.ignored == ()
+    assert request.kept == (("name", "Ann"),)
+
+
+def test_list() -> None:
+    assert where("_list=42") == ListMatch("Patient", "42")
+    assert where("_list=42,43") == Or((ListMatch("Patient", "42"), ListMatch("Patient", "43")))
+    assert where("patient._list=42", "Observation") == Chain(
+        "patient", "Patient", ListMatch("Patient", "42")
+    )
+
+
+@pytest.mark.parametrize(
+    ("query", "resource_type"),
+    [("_list=$current-allergies", "Patient"), ("_list:not=42", "Patient"), ("_list=42", None)],
+)
+def test_bad_list(query: str, resource_type: str | None) -> None:
+    with pytest.raises(BadRequest, match="_list"):
+        search(query, resource_type)
+
+
+def test_reference_hierarchy_modifiers() -> None:
+    assert where("partof:below=1", "Organization") == Hierarchy(
+        "partof", ("Organization",), "1", False
+    )
+    assert where("general-practitioner:above=Organization/1") == Hierarchy(
+        "general-practitioner", ("Organization",), "1", True
+    )
+    assert where(f"organization:below={BASE}/Organization/1") == Hierarchy(
+        "organization", ("Organization",), "1", False
+    )
+    with pytest.raises(BadRequest, match="takes an id"):
+        search("organization:below=http://elsewhere.org/Organization/1")
 
 
 def test_lenient_keeps_the_order_of_what_it_ignored() -> None:

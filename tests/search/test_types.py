@@ -379,7 +379,15 @@ def test_reference_value_forms(
 
 @pytest.mark.parametrize(
     ("modifier", "value"),
-    [("Device", "1"), ("Patient", "Group/1"), (None, "a/b/c"), ("below", "x"), (None, "")],
+    [
+        ("Device", "1"),
+        ("Patient", "Group/1"),
+        (None, "a/b/c"),
+        ("below", "http://elsewhere.org/x"),
+        ("above", "a/b/c"),
+        ("text", "x"),
+        (None, ""),
+    ],
 )
 def test_reference_rejects(modifier: str | None, value: str) -> None:
     with pytest.raises(ValueError):

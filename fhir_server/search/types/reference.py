@@ -18,8 +18,11 @@ Matching: `id` (any type, or the parameter's only target type), `Type/id`, `Type
 (the resource), absolute URLs under `ctx.base_url` (as `Type/id`), other absolute URLs and
 canonicals by url (a `|version` suffix is dropped, as it is at extraction). `:Type` restricts the
 type (it must be one of the parameter's targets); `:identifier` takes `system|value` and is a
-TokenMatch on the same parameter. Other modifiers (:above, :below, :text) are rejected; chains
-are the parser's business.
+TokenMatch on the same parameter. `:below` / `:above` with an `id` or `Type/id` search a
+circular hierarchy (search.html#recursive: `Procedure?location:below=42` also finds procedures
+in locations part of Location 42): they parse to a Hierarchy that the search layer resolves
+(search/resolve.py); with an absolute URL (canonical versions) they are rejected, as is :text.
+Chains are the parser's business.
 
 Sorting: by the smallest `Type/id` (or url) ascending, the largest descending.
 """
@@ -32,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from fhir_server.search.model import (
     Entry,
+    Hierarchy,
     Predicate,
     ReferenceEntry,
     ReferenceMatch,
@@ -112,11 +116,30 @@ def _local(param: SearchParam, text: str, type_hint: str | None) -> ReferenceMat
     return ReferenceMatch(param.code, type_hint or only_target, text)
 
 
+def _hierarchy(param: SearchParam, text: str, ctx: ParseContext, above: bool) -> Hierarchy:
+    base = ctx.base_url.rstrip("/") + "/"
+    if ctx.base_url and text.startswith(base):
+        text = text[len(base) :]
+    if _ABSOLUTE.match(text):
+        raise ValueError(
+            f":{'above' if above else 'below'} on '{param.code}' takes an id or Type/id here"
+        )
+    local = _local(param, text, None)
+    if local.type and param.targets and local.type not in param.targets:
+        raise ValueError(f"'{param.code}' never points at {local.type}")
+    types = (local.type,) if local.type else param.targets
+    if not types:
+        raise ValueError(f"'{param.code}' names no target type to search a hierarchy of")
+    return Hierarchy(param.code, types, str(local.id), above)
+
+
 def parse(
     param: SearchParam, modifier: str | None, value: str, ctx: ParseContext = DEFAULT_CONTEXT
 ) -> Predicate:
     if modifier == "identifier":
         return system_code_match(param.code, value)
+    if modifier in ("above", "below"):
+        return _hierarchy(param, required(value, "reference"), ctx, modifier == "above")
     type_hint = _type_modifier(param, modifier) if modifier else None
     text = required(value, "reference")
     base = ctx.base_url.rstrip("/") + "/"

@@ -17,7 +17,9 @@ Extraction, following the spec's table of token data types:
 Matching: `code` any system; `system|code`; `|code` only entries without a system; `system|`
 any code in that system. :text is a prefix match on the normalised text. :not is the resource-
 level negation `Not(...)` (the parser folds `:not=a,b` into "neither a nor b"). :of-type takes
-`system|code|value`. :in / :not-in name a ValueSet stored on the server: they parse to a
+`system|code|value`; `:otype` is the same modifier under the name R4's own example uses
+(`Patient?identifier:otype=...|MR|446053`). :in / :not-in name a ValueSet stored on the
+server (or an implicit one, `http://snomed.info/sct?fhir_vs=isa/[code]`): they parse to a
 ValueSetMatch that the search layer expands (search/valuesets.py). :above and :below need code
 subsumption and are rejected.
 
@@ -148,6 +150,8 @@ def parse(
         raise ValueError(
             f":{modifier} on '{param.code}' needs code subsumption, which this server does not do"
         )
+    if modifier == "otype":  # search.html's example spelling of :of-type
+        modifier = "of-type"
     reject_modifier(param, modifier, ("text", "not", "of-type"))
     if modifier == "text":
         return TokenMatch(param.code, text=normalize(required(value, "text")))
