@@ -12,8 +12,10 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from fhir_server import errors
+from fhir_server.api.audit import record_unrouted
 from fhir_server.api.formats import JSON, negotiate, render
 from fhir_server.api.routes import routes
+from fhir_server.audit.trail import AuditTrail
 from fhir_server.config import Settings
 from fhir_server.loader import load_paths
 from fhir_server.search.registry import Registry, default_registry
@@ -51,7 +53,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     else:
         text = str(exc.detail or HTTPStatus(status).phrase)
     issue = errors.Issue(_HTTP_CODES.get(status, "processing"), text)
-    return _outcome_response(request, errors.FhirError([issue], status, dict(exc.headers or {})))
+    error = errors.FhirError([issue], status, dict(exc.headers or {}))
+    return _outcome_response(request, await record_unrouted(request, error))
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
@@ -65,11 +68,13 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 
 async def seed(
-    store: Store, settings: Settings, registry: Registry, conformance: Conformance | None = None
+    store: Store, settings: Settings, registry: Registry, conformance: Conformance | None = None,
+    audit: AuditTrail | None = None,
 ) -> None:
     if settings.seed and settings.seed_dir.is_dir() and await store.is_empty():
         summary = await load_paths(
-            store, settings, registry, [settings.seed_dir], conformance=conformance
+            store, settings, registry, [settings.seed_dir], conformance=conformance,
+            audit=audit, agent="fhir-server seed",
         )
         log.info("Seeded the empty database from %s: %s", settings.seed_dir, summary)
 
@@ -81,10 +86,14 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.store = store or build_store(settings)
+        app.state.audit = AuditTrail(
+            app.state.store, app.state.indexing, settings.audit_source, settings.audit
+        )
         await app.state.store.open()
         try:
             await load_active(app.state.store, (app.state.registry, app.state.indexing))
-            await seed(app.state.store, settings, app.state.registry, app.state.conformance)
+            await seed(app.state.store, settings, app.state.registry, app.state.conformance,
+                       app.state.audit)
             yield
         finally:
             await app.state.store.close()
@@ -93,6 +102,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         title="fhir-server", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
     app.state.settings = settings
+    app.state.audit = None  # the trail, once the store is open
     # Searchable parameters, and the ones writes index (ahead of them during a reindex).
     app.state.registry = default_registry()
     app.state.indexing = default_registry()

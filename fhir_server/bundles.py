@@ -37,6 +37,8 @@ from urllib.parse import parse_qsl
 import orjson
 
 from fhir_server import conditional, errors, interactions
+from fhir_server.audit import trail as audit
+from fhir_server.audit.events import QUERIED, request_subtype
 from fhir_server.capabilities import capability_statement
 from fhir_server.context import RequestContext
 from fhir_server.interactions import WriteResult
@@ -51,6 +53,7 @@ from fhir_server.store.base import (
     Store,
     Transaction,
     Version,
+    VersionConflict,
 )
 from fhir_server.validation.structure import check_id
 
@@ -143,6 +146,8 @@ async def process_bundle(ctx: RequestContext, bundle: Any, prefer: str | None = 
     resource in its entry, `minimal` leaves it out, `OperationOutcome` adds an outcome.
     A failed transaction raises the FhirError naming the failing entry.
     """
+    if ctx.audit is not None and isinstance(bundle, dict) and bundle.get("type") in PROCESSING:
+        ctx.audit.subtype = bundle["type"]  # recorded as what it is, even if refused
     kind = check_bundle(ctx, bundle)
     raw = bundle.get("entry") or []
     if kind == "batch":
@@ -297,13 +302,24 @@ async def run_transaction(ctx: RequestContext, entries: list[Entry]) -> list[Res
     _check_full_urls(entries)
     runner = _Transaction(ctx, entries)
     try:
-        async with ctx.store.transaction() as tx:
+        async with audit.transaction(ctx) as tx:
             runner.ctx = replace(ctx, tx=tx)
-            return await runner.run()
+            results = await runner.run()
+            if ctx.audit is not None:
+                await ctx.audit.finish("transaction", 200, f"{len(entries)} entries", tx=tx)
     except StorageError as exc:
         if runner.current is not None:
             raise storage_error(runner.current, exc) from None
         raise errors.unavailable(f"Storage failed, nothing was written: {exc}") from None
+    except VersionConflict:
+        # Only the audit chain's head can conflict here (another process extended it).
+        raise errors.conflict("The audit trail was busy; nothing was written, retry") from None
+    if ctx.audit is not None:
+        for r in results:  # AuditEvents created by entries, as the chain sealed them
+            if r.version is not None and (sealed := ctx.audit.sealed.get(r.version.id)):
+                r.version = sealed
+                r.write = WriteResult(sealed, created=True)
+    return results
 
 
 def _check_full_urls(entries: list[Entry]) -> None:
@@ -419,7 +435,18 @@ class _Transaction:
         return resolved
 
     async def _execute(self, e: Entry) -> Result:
-        ctx = self.ctx
+        scope = self.ctx.audit
+        if scope is None:
+            return await self._execute_entry(self.ctx, e)
+        entry_scope = scope.entry(shared=True)
+        subtype = request_subtype(e.method, e.parts)
+        if subtype in QUERIED:
+            entry_scope.query = e.url
+        result = await self._execute_entry(replace(self.ctx, audit=entry_scope), e)
+        await entry_scope.finish(subtype, result.status, tx=self.ctx.tx)
+        return result
+
+    async def _execute_entry(self, ctx: RequestContext, e: Entry) -> Result:
         type_ = str(e.type)
         if e.method == "DELETE":
             return await _delete(ctx, e)
@@ -514,7 +541,42 @@ async def _get(ctx: RequestContext, e: Entry) -> Result:
 
 
 async def batch_entry(ctx: RequestContext, index: int, raw: Any) -> Result:
-    """One batch entry on its own: whatever happens, a Result with its status."""
+    """One batch entry on its own: whatever happens, a Result with its status (and its own
+    audit record: a batch entry whose record cannot be stored fails with 503)."""
+    if ctx.audit is None:
+        return await _batch_entry(ctx, index, raw)
+    scope = ctx.audit.entry(shared=False)
+    result = await _batch_entry(replace(ctx, audit=scope), index, raw)
+    request = raw.get("request") if isinstance(raw, dict) else None
+    method = request.get("method") if isinstance(request, dict) else None
+    url = request.get("url") if isinstance(request, dict) else None
+    try:
+        parts = _split_url(ctx, url)[0] if isinstance(url, str) else []
+    except errors.FhirError:
+        parts = []
+    subtype = request_subtype(method if isinstance(method, str) else "GET", parts)
+    if subtype in QUERIED and isinstance(url, str):
+        scope.query = url
+    try:
+        await scope.finish(subtype, result.status, failure_text(result.outcome))
+    except errors.FhirError as exc:
+        return Result(exc.status, outcome=exc.outcome())
+    return result
+
+
+def failure_text(outcome: Resource | None) -> str | None:
+    """The diagnostics of an error OperationOutcome, for the audit record."""
+    if outcome is None:
+        return None
+    texts = [
+        str(i.get("diagnostics") or i.get("details", {}).get("text") or i.get("code"))
+        for i in outcome.get("issue") or ()
+        if i.get("severity") in ("error", "fatal")
+    ]
+    return "; ".join(texts) or None
+
+
+async def _batch_entry(ctx: RequestContext, index: int, raw: Any) -> Result:
     try:
         e = parse_entry(ctx, index, raw)
     except errors.FhirError as exc:

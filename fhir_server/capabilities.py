@@ -20,6 +20,7 @@ TYPE_INTERACTIONS = (
     "create",
     "search-type",
 )
+APPEND_ONLY_REFUSED = frozenset(("update", "patch", "delete"))
 PUBLISHED = "2026-11-23"
 REINDEX = {"name": "reindex", "definition": "http://fhir-server.dev/OperationDefinition/reindex"}
 VALIDATE = {
@@ -58,17 +59,20 @@ def _search_params(registry: Registry, type_: str) -> list[dict[str, Any]]:
 def _resource(ctx: RequestContext, type_: str) -> dict[str, Any]:
     params = _search_params(ctx.registry, type_)
     references = [p["name"] for p in params if p["type"] == "reference"]
+    # AuditEvents are append-only: no update, patch or delete, conditional or not.
+    mutable = type_ != "AuditEvent"
+    interactions = [c for c in TYPE_INTERACTIONS if mutable or c not in APPEND_ONLY_REFUSED]
     return {
         "type": type_,
         "profile": f"http://hl7.org/fhir/StructureDefinition/{type_}",
-        "interaction": [{"code": code} for code in TYPE_INTERACTIONS],
+        "interaction": [{"code": code} for code in interactions],
         "versioning": "versioned-update",
         "readHistory": True,
-        "updateCreate": True,
+        "updateCreate": mutable,
         "conditionalCreate": True,
         "conditionalRead": "full-support",
-        "conditionalUpdate": True,
-        "conditionalDelete": ctx.settings.conditional_delete,
+        "conditionalUpdate": mutable,
+        "conditionalDelete": ctx.settings.conditional_delete if mutable else "not-supported",
         "searchInclude": ["*", *(f"{type_}:{r}" for r in references)],
         "searchRevInclude": ["*"],
         "searchParam": params,

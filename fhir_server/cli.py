@@ -60,6 +60,7 @@ def load(
     mongodb_url: MongoUrl = None,
 ) -> None:
     """Load resources into the database (works while the server runs)."""
+    from fhir_server.audit.trail import AuditTrail
     from fhir_server.loader import files, items, load_paths
     from fhir_server.search.registry import default_registry
     from fhir_server.store import build_store
@@ -76,9 +77,11 @@ def load(
                        TimeElapsedColumn())
             with Progress(*columns, console=console) as bar:
                 task = bar.add_task("load", total=total)
+                registry = default_registry()
                 summary = await load_paths(
-                    store, settings, default_registry(), paths, lambda _: bar.advance(task),
+                    store, settings, registry, paths, lambda _: bar.advance(task),
                     conformance=Conformance.load(settings),
+                    audit=AuditTrail(store, registry, settings.audit_source, settings.audit),
                 )
         finally:
             await store.close()
@@ -172,6 +175,83 @@ def reindex(
         active = ", ".join(result.activated) or "none"
         console.print(f"Reindexed {result.reindexed} {resource_type} resources; "
                       f"custom parameters now searchable: {active}")
+        return 0
+
+    raise typer.Exit(asyncio.run(run()))
+
+
+audit_app = typer.Typer(help="The audit trail: check its hash chain, export it.",
+                        no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(data_dir: DataDir = None, mongodb_url: MongoUrl = None) -> None:
+    """Walk the AuditEvents' hash chain from the first event; exit 1 at the first broken link."""
+    from fhir_server.audit.chain import verify
+    from fhir_server.store import build_store
+
+    settings = settings_from(data_dir, mongodb_url)
+
+    async def run() -> int:
+        store = build_store(settings)
+        await store.open()
+        try:
+            verdict = await verify(store)
+        finally:
+            await store.close()
+        if verdict.intact:
+            console.print(f"[green]intact[/green]: {verdict.checked} AuditEvents, every link holds")
+            return 0
+        console.print(f"[red]broken[/red] after {verdict.checked} good AuditEvents: "
+                      f"{verdict.broken}")
+        return 1
+
+    raise typer.Exit(asyncio.run(run()))
+
+
+@audit_app.command("export")
+def audit_export(
+    since: Annotated[
+        str | None, typer.Option(help="Only events stored at or after this date/time")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File to write [standard output]")
+    ] = None,
+    data_dir: DataDir = None,
+    mongodb_url: MongoUrl = None,
+) -> None:
+    """Write the AuditEvents as NDJSON (one per line, in the order they were stored), for a
+    SIEM."""
+    import sys
+
+    from fhir_server.audit.chain import walk
+    from fhir_server.fhirtime import format_instant, parse_range
+    from fhir_server.store import build_store
+
+    settings = settings_from(data_dir, mongodb_url)
+    try:
+        start = format_instant(parse_range(since)[0]) if since else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--since") from None
+
+    async def run() -> int:
+        store = build_store(settings)
+        await store.open()
+        sink = output.open("wb") if output else sys.stdout.buffer
+        count = 0
+        try:
+            async for v in walk(store):
+                if v.body is not None and (start is None or v.last_updated >= start):
+                    sink.write(v.body + b"\n")
+                    count += 1
+        finally:
+            await store.close()
+            if output:
+                sink.close()
+            else:
+                sink.flush()
+        console.print(f"exported {count} AuditEvents")
         return 0
 
     raise typer.Exit(asyncio.run(run()))

@@ -20,11 +20,19 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode
 
 from fhir_server import errors, interactions
+from fhir_server.audit import trail as audit
 from fhir_server.context import RequestContext
 from fhir_server.interactions import WriteResult
 from fhir_server.search.model import Predicate
 from fhir_server.search.parser import parse_search
-from fhir_server.store.base import LockTimeout, SearchQuery, StorageError, Version
+from fhir_server.search.resolve import resolve
+from fhir_server.store.base import (
+    LockTimeout,
+    SearchQuery,
+    StorageError,
+    Version,
+    VersionConflict,
+)
 
 T = TypeVar("T")
 # Result parameters change nothing about which resources match; they are left out.
@@ -72,7 +80,8 @@ async def matches(ctx: RequestContext, c: Criteria, limit: int = 2) -> list[Vers
         await tx.lock(c.key)
     except LockTimeout as exc:
         raise errors.conflict(f"Another request holds {c.type}?{c.query}: {exc}") from None
-    return [m.version for m in await tx.search(SearchQuery(c.type, c.where, limit=limit))]
+    where = await resolve(ctx, c.where)  # :in, _list, :above/:below become plain predicates
+    return [m.version for m in await tx.search(SearchQuery(c.type, where, limit=limit))]
 
 
 def too_many(c: Criteria, what: str) -> errors.FhirError:
@@ -86,10 +95,13 @@ async def atomically(ctx: RequestContext, work: Callable[[RequestContext], Await
     if ctx.tx is not None:
         return await work(ctx)
     try:
-        async with ctx.store.transaction() as tx:
+        async with audit.transaction(ctx) as tx:
             return await work(replace(ctx, tx=tx))
     except LockTimeout as exc:
         raise errors.conflict(str(exc)) from None
+    except VersionConflict:
+        # Only the audit chain's head can conflict here (another process extended it).
+        raise errors.conflict("The audit trail was busy; nothing was written, retry") from None
     except StorageError as exc:
         raise errors.unavailable(f"Storage failed, nothing was written: {exc}") from None
 
@@ -106,6 +118,8 @@ async def create(
         if len(found) > 1:
             raise too_many(c, "Conditional create (If-None-Exist)")
         if found:
+            if tctx.audit is not None:
+                tctx.audit.saw(found[0])
             return WriteResult(found[0], created=False, changed=False)
         return await interactions.create(tctx, type_, resource, id_, prepared=True)
 
@@ -133,6 +147,7 @@ def update_target(c: Criteria, found: list[Version], resource: dict[str, Any]) -
 async def update(
     ctx: RequestContext, type_: str, query: str, resource: Any, if_match: int | None = None
 ) -> WriteResult:
+    interactions.check_mutable(type_)
     resource = interactions.check_body(resource, type_)
     c = criteria(ctx, type_, query)
 
@@ -159,6 +174,7 @@ async def patch(
     document: Any,
     if_match: int | None = None,
 ) -> WriteResult:
+    interactions.check_mutable(type_)
     c = criteria(ctx, type_, query)
 
     async def work(tctx: RequestContext) -> WriteResult:
@@ -184,6 +200,7 @@ async def delete_targets(ctx: RequestContext, c: Criteria) -> list[Version]:
 
 async def delete(ctx: RequestContext, type_: str, query: str) -> list[WriteResult]:
     """Delete what the criteria match; the tombstones written (none when nothing matched)."""
+    interactions.check_mutable(type_)
     c = criteria(ctx, type_, query)
 
     async def work(tctx: RequestContext) -> list[WriteResult]:

@@ -45,3 +45,8 @@ class Settings(BaseSettings):
     conditional_delete: Literal["single", "multiple"] = "single"
     """`DELETE /fhir/Type?query` matching several resources: `single` answers 412 and deletes
     nothing; `multiple` deletes every match (up to `max_bundle_entries`)."""
+    audit: bool = True
+    """Record every interaction as an AuditEvent (AuditEvents clients create are chained
+    either way). Off only for measuring what auditing costs."""
+    audit_source: str = "fhir-server"
+    """This server's name in AuditEvent.source (site and observer)."""

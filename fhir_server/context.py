@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fhir_server.config import Settings
 from fhir_server.search.registry import Registry
 from fhir_server.store.base import Store, Transaction
 from fhir_server.validation.conformance import Conformance
+
+if TYPE_CHECKING:
+    from fhir_server.audit.trail import AuditScope
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,3 +28,5 @@ class RequestContext:
     indexing: Registry | None = None
     """Parameters writes index, when not `registry`: during a reindex it already holds the
     custom parameters that searches may not use yet."""
+    audit: AuditScope | None = None
+    """Where the interaction notes what the audit trail records of it (None: not audited)."""

@@ -8,9 +8,6 @@ the next version with a compare-and-set, retrying when another writer won the ra
 
 from __future__ import annotations
 
-import os
-import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,9 +16,11 @@ from urllib.parse import urlencode
 import orjson
 
 from fhir_server import errors
+from fhir_server.audit import trail as audit
 from fhir_server.context import RequestContext
 from fhir_server.definitions import R4_RESOURCE_TYPES
 from fhir_server.fhirtime import clock, format_instant, parse_range
+from fhir_server.ids import new_id
 from fhir_server.patch import apply_fhirpath_patch, apply_json_patch
 from fhir_server.search.indexer import index_resource
 from fhir_server.store.base import (
@@ -133,8 +132,12 @@ async def _write(
             raise errors.conflict(f"{ref} was changed by another request; retry") from None
     for _ in range(MAX_WRITE_ATTEMPTS):
         try:
-            async with ctx.store.transaction() as tx:
+            async with audit.transaction(ctx) as tx:
                 result = await _write_in(ctx, tx, type_, id_, method, build, if_match)
+            if type_ == "AuditEvent" and ctx.audit is not None:
+                # An AuditEvent is stored as the audit chain sealed it, with its chain link.
+                sealed = ctx.audit.sealed.get(id_, result.version)
+                return WriteResult(sealed, result.created, result.changed)
             return result
         except VersionConflict:
             if if_match is not None:
@@ -159,17 +162,34 @@ async def _write_in(
     _check_if_match(current, if_match, f"{type_}/{id_}")
     content = build(current)
     if content is UNCHANGED and current is not None:
+        if ctx.audit is not None:
+            ctx.audit.saw(current)
         return WriteResult(current, created=False, changed=False)
     number = (current.version if current else 0) + 1
     instant = clock.next(current.last_updated if current else None)
+    index = None
     if content is None:
         version = Version(type_, id_, number, instant, method, None)
         await tx.put(version)
     else:
         stored = _with_meta(content, type_, id_, number, instant)  # type: ignore[arg-type]
         version = Version(type_, id_, number, instant, method, orjson.dumps(stored))
-        await tx.put(version, index_resource(stored, ctx.indexing or ctx.registry))
+        index = index_resource(stored, ctx.indexing or ctx.registry)
+        if type_ == "AuditEvent" and ctx.audit is not None:
+            ctx.audit.pending.append(stored)  # chained with the other events at commit
+        else:
+            await tx.put(version, index)
+    if ctx.audit is not None:
+        ctx.audit.wrote(version, index, current)
     return WriteResult(version, created=current is None or current.deleted)
+
+
+def check_mutable(type_: str) -> None:
+    """AuditEvents are append-only: 405 for update, patch and delete."""
+    if type_ == "AuditEvent":
+        raise errors.method_not_allowed(
+            "AuditEvents are append-only: they cannot be updated, patched or deleted"
+        )
 
 
 def prepare_create(ctx: RequestContext, type_: str, resource: Any) -> Resource:
@@ -196,19 +216,6 @@ async def create(
     return await _write(ctx, type_, id_ or new_id(), "POST", lambda _: resource, None)
 
 
-def new_id() -> str:
-    """A new server id: a time-ordered UUID (version 7, RFC 9562: 48 bits of Unix milliseconds,
-    then 74 random bits). Ids created close together sort close together, so the storage
-    indexes keyed by id take each write near the previous one instead of on a random page."""
-    noise = int.from_bytes(os.urandom(10), "big")
-    value = ((time.time_ns() // 1_000_000) & _MS_MASK) << 80 | noise & _RANDOM_MASK
-    return str(uuid.UUID(int=value | _V7_BITS))
-
-
-_MS_MASK = (1 << 48) - 1
-# version 7 in bits 76-79, variant 0b10 in bits 62-63; the random bits are those outside both
-_RANDOM_MASK = ((1 << 80) - 1) & ~(0xF << 76) & ~(0x3 << 62)
-_V7_BITS = 0x7 << 76 | 0x2 << 62
 
 
 def check_body(resource: Any, type_: str) -> Resource:
@@ -219,6 +226,7 @@ def check_body(resource: Any, type_: str) -> Resource:
 async def update(
     ctx: RequestContext, type_: str, id_: str, resource: Any, if_match: int | None = None
 ) -> WriteResult:
+    check_mutable(type_)
     check_id(id_, f"{type_}.id")
     resource = _check_body(resource, type_)
     if resource.get("id") != id_:
@@ -250,6 +258,7 @@ async def patch(
     if_match: int | None = None,
 ) -> WriteResult:
     """Apply a JSON Patch (`kind="json-patch"`) or a FHIRPath Patch Parameters resource."""
+    check_mutable(type_)
 
     def build(current: Version | None) -> Resource | object:
         _require_live(current, type_, id_)
@@ -279,6 +288,7 @@ async def delete(
     ctx: RequestContext, type_: str, id_: str, if_match: int | None = None
 ) -> WriteResult | None:
     """Leave a tombstone version; None when there was nothing to delete."""
+    check_mutable(type_)
 
     def build(current: Version | None) -> object:
         if current is None:
@@ -317,6 +327,8 @@ async def read(ctx: RequestContext, type_: str, id_: str) -> Version:
         raise errors.unavailable(f"Storage failed: {exc}") from None
     _require_live(current, type_, id_)
     assert current is not None
+    if ctx.audit is not None:
+        ctx.audit.saw(current)
     return current
 
 
@@ -331,6 +343,8 @@ async def vread(ctx: RequestContext, type_: str, id_: str, version_id: str) -> V
         raise errors.not_found(f"{type_}/{id_} has no version {version_id}")
     if found.deleted:
         raise errors.gone(f"Version {version_id} of {type_}/{id_} is a deletion")
+    if ctx.audit is not None:
+        ctx.audit.saw(found)
     return found
 
 
@@ -392,11 +406,16 @@ async def history(
     """A history Bundle, newest first, with keyset `next` links that survive concurrent writes."""
     query = _history_query(ctx, type_, id_, params)
     try:
-        if id_ is not None and await ctx.store.read(type_, id_) is None:  # type: ignore[arg-type]
+        current = await ctx.store.read(type_, id_) if id_ is not None else None  # type: ignore[arg-type]
+        if id_ is not None and current is None:
             raise errors.not_found(f"{type_}/{id_} is not known")
         versions = await ctx.store.history(query) if query.limit else []
     except StorageError as exc:
         raise errors.unavailable(f"Storage failed: {exc}") from None
+    if ctx.audit is not None:
+        if current is not None:
+            ctx.audit.target(f"{current.type}/{current.id}")
+        ctx.audit.disclosed(v for v in versions if not v.deleted)
     path = "/".join(p for p in (ctx.base_url, type_, id_, "_history") if p)
     kept = {k: v for k, v in params.items() if k in ("_count", "_since", "_at", "_cursor")}
     links = [{"relation": "self", "url": _link(path, kept)}]

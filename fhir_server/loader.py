@@ -14,13 +14,15 @@ searchset, history) have each entry's resource loaded on its own.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from fhir_server import bundles, errors, interactions
+from fhir_server.audit.events import Agent
+from fhir_server.audit.trail import AuditTrail
 from fhir_server.config import Settings
 from fhir_server.context import RequestContext
 from fhir_server.search.registry import Registry
@@ -100,6 +102,8 @@ def _parse(data: bytes) -> Any:
 
 
 async def load_item(ctx: RequestContext, item: Item, summary: LoadSummary) -> None:
+    if ctx.audit is not None:
+        ctx = replace(ctx, audit=ctx.audit.entry(shared=False))  # each item is recorded alone
     resource = item.resource
     if isinstance(resource, Exception):
         summary.failures.append(f"{item.where}: not valid JSON: {resource}")
@@ -143,6 +147,8 @@ async def load_bundle(
     ctx: RequestContext, path: Path, bundle: dict[str, Any], summary: LoadSummary
 ) -> None:
     """A transaction (all or nothing) or batch (entry by entry), as `POST /fhir` does it."""
+    if ctx.audit is not None:
+        ctx = replace(ctx, audit=ctx.audit.entry(shared=False))
     try:
         kind = bundles.check_bundle(ctx, bundle)
         raw = bundle.get("entry") or []
@@ -175,9 +181,13 @@ async def load_bundle(
 async def load_paths(
     store: Store, settings: Settings, registry: Registry, paths: list[Path],
     progress: Callable[[str], None] | None = None, *, conformance: Conformance | None = None,
+    audit: AuditTrail | None = None, agent: str = "fhir-server load",
 ) -> LoadSummary:
+    """Load files as the REST API would; with `audit`, every write is recorded as done by
+    `agent` (the command line, or the seeding at start-up)."""
+    scope = audit.scope(Agent(agent)) if audit is not None else None
     ctx = RequestContext(store, settings, registry, settings.base_url or "",
-                         conformance=conformance)
+                         conformance=conformance, audit=scope)
     summary = LoadSummary()
     for path in files(paths):
         if not path.is_file():

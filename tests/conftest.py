@@ -11,6 +11,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -89,3 +90,24 @@ async def client(
         async with httpx.AsyncClient(transport=transport, base_url=BASE) as http:
             yield http
     await drop_store(handle)
+
+
+def without_audit(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Bundle entries other than AuditEvents: the audit trail records every request, so
+    "nothing was written" means no data besides those records."""
+    return [e for e in entries if "/AuditEvent/" not in e.get("fullUrl", "")]
+
+
+async def data_history(client: httpx.AsyncClient) -> list[dict[str, Any]]:
+    """System history without the audit trail's own records."""
+    response = await client.get("/_history", params={"_count": 1000})
+    assert response.status_code == 200, response.text
+    return without_audit(response.json().get("entry", []))
+
+
+async def audit_events(client: httpx.AsyncClient, **params: str) -> list[dict[str, Any]]:
+    """The stored AuditEvents (matching `params`), in the order they were recorded."""
+    query = {"_sort": "_lastUpdated", "_count": "1000", **params}
+    response = await client.get("/AuditEvent", params=query)
+    assert response.status_code == 200, response.text
+    return [e["resource"] for e in response.json().get("entry", [])]

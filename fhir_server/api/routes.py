@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from fhir_server import bundles, conditional, errors, interactions, operations
+from fhir_server.api.audit import audited
 from fhir_server.api.formats import (
     JSON,
     JSON_PATCH,
@@ -55,6 +56,7 @@ def context(request: Request) -> RequestContext:
     return RequestContext(
         state.store, state.settings, state.registry, base_url(request),
         conformance=state.conformance, indexing=state.indexing,
+        audit=getattr(request.state, "audit", None),
     )
 
 
@@ -181,7 +183,9 @@ async def read(request: Request) -> Response:
     rtype = _type(request)
     state = request.app.state
     # A read needs no base URL: a light context keeps the hot path short.
-    ctx = RequestContext(state.store, state.settings, state.registry, "")
+    ctx = RequestContext(
+        state.store, state.settings, state.registry, "", audit=getattr(request.state, "audit", None)
+    )
     v = await interactions.read(ctx, rtype, request.path_params["rid"])
     headers = _version_headers(v)
     if _not_modified(request, v):
@@ -320,7 +324,10 @@ async def _run_search(request: Request, scope: execute.Scope) -> Response:
     raw = negotiate(request) == JSON
     ctx = context(request)
     strict = _prefer(request, "handling") == "strict"
-    bundle = await execute.search(ctx, scope, await _search_params(request), strict, raw)
+    params = await _search_params(request)
+    if ctx.audit is not None:
+        ctx.audit.query = f"{scope.path}?{urlencode(params)}" if params else scope.path
+    bundle = await execute.search(ctx, scope, params, strict, raw)
     return document_response(request, bundle)
 
 
@@ -401,41 +408,49 @@ async def search_compartment(request: Request) -> Response:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def _route(path: str, handler: Handler, *methods: str) -> Route:
-    return Route(f"/fhir{path}", handler, methods=list(methods))
+def _route(path: str, handler: Handler, subtype: str | None, *methods: str) -> Route:
+    """A route; with `subtype` (the interaction it is), every request to it is audited."""
+    endpoint = handler if subtype is None else audited(subtype, handler)
+    return Route(f"/fhir{path}", endpoint, methods=list(methods))
 
+
+_validate_code_value_set = _validate_code_route("ValueSet")
+_validate_code_code_system = _validate_code_route("CodeSystem")
 
 # Order matters: fixed segments (_history, _search) before the parameters they would match.
+# Capabilities are not audited (BALP leaves them out: they disclose nothing about anyone).
 routes = [
-    _route("/metadata", metadata, "GET"),
-    _route("", search_system, "GET"),
-    _route("", process_bundle, "POST"),
-    _route("/", process_bundle, "POST"),
-    _route("/_search", search_system, "POST"),
-    _route("/_history", history_system, "GET"),
-    _route("/{rtype}/_history", history_type, "GET"),
-    _route("/{rtype}/_search", search_type, "POST"),
-    _route("/{rtype}/$reindex", reindex_type, "POST"),
-    _route("/{rtype}/$validate", validate_operation, "POST"),
-    _route("/{rtype}/{rid}/$validate", validate_operation, "POST"),
-    _route("/ValueSet/$expand", expand_operation, "GET", "POST"),
-    _route("/ValueSet/{rid}/$expand", expand_operation, "GET", "POST"),
-    _route("/ValueSet/$validate-code", _validate_code_route("ValueSet"), "GET", "POST"),
-    _route("/ValueSet/{rid}/$validate-code", _validate_code_route("ValueSet"), "GET", "POST"),
-    _route("/CodeSystem/$validate-code", _validate_code_route("CodeSystem"), "GET", "POST"),
-    _route("/CodeSystem/{rid}/$validate-code", _validate_code_route("CodeSystem"), "GET",
+    _route("/metadata", metadata, None, "GET"),
+    _route("", search_system, "search-system", "GET"),
+    _route("", process_bundle, "batch", "POST"),
+    _route("/", process_bundle, "batch", "POST"),
+    _route("/_search", search_system, "search-system", "POST"),
+    _route("/_history", history_system, "history-system", "GET"),
+    _route("/{rtype}/_history", history_type, "history-type", "GET"),
+    _route("/{rtype}/_search", search_type, "search-type", "POST"),
+    _route("/{rtype}/$reindex", reindex_type, "operation", "POST"),
+    _route("/{rtype}/$validate", validate_operation, "operation", "POST"),
+    _route("/{rtype}/{rid}/$validate", validate_operation, "operation", "POST"),
+    _route("/ValueSet/$expand", expand_operation, "operation", "GET", "POST"),
+    _route("/ValueSet/{rid}/$expand", expand_operation, "operation", "GET", "POST"),
+    _route("/ValueSet/$validate-code", _validate_code_value_set, "operation", "GET", "POST"),
+    _route("/ValueSet/{rid}/$validate-code", _validate_code_value_set, "operation", "GET",
            "POST"),
-    _route("/CodeSystem/$lookup", lookup_operation, "GET", "POST"),
-    _route("/{rtype}/{rid}/_history", history_instance, "GET"),
-    _route("/{rtype}/{rid}/_history/{vid}", vread, "GET"),
-    _route("/{rtype}/{rid}/{ctype}", search_compartment, "GET"),
-    _route("/{rtype}/{rid}", read, "GET"),
-    _route("/{rtype}/{rid}", update, "PUT"),
-    _route("/{rtype}/{rid}", patch, "PATCH"),
-    _route("/{rtype}/{rid}", delete, "DELETE"),
-    _route("/{rtype}", search_type, "GET"),
-    _route("/{rtype}", create, "POST"),
-    _route("/{rtype}", conditional_update, "PUT"),
-    _route("/{rtype}", conditional_patch, "PATCH"),
-    _route("/{rtype}", conditional_delete, "DELETE"),
+    _route("/CodeSystem/$validate-code", _validate_code_code_system, "operation", "GET",
+           "POST"),
+    _route("/CodeSystem/{rid}/$validate-code", _validate_code_code_system, "operation", "GET",
+           "POST"),
+    _route("/CodeSystem/$lookup", lookup_operation, "operation", "GET", "POST"),
+    _route("/{rtype}/{rid}/_history", history_instance, "history-instance", "GET"),
+    _route("/{rtype}/{rid}/_history/{vid}", vread, "vread", "GET"),
+    _route("/{rtype}/{rid}/{ctype}", search_compartment, "search-type", "GET"),
+    _route("/{rtype}/{rid}", read, "read", "GET"),
+    _route("/{rtype}/{rid}", update, "update", "PUT"),
+    _route("/{rtype}/{rid}", patch, "patch", "PATCH"),
+    _route("/{rtype}/{rid}", delete, "delete", "DELETE"),
+    _route("/{rtype}", search_type, "search-type", "GET"),
+    _route("/{rtype}", create, "create", "POST"),
+    _route("/{rtype}", conditional_update, "update", "PUT"),
+    _route("/{rtype}", conditional_patch, "patch", "PATCH"),
+    _route("/{rtype}", conditional_delete, "delete", "DELETE"),
 ]

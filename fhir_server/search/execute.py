@@ -20,7 +20,7 @@ import orjson
 from fhir_server import errors
 from fhir_server.context import RequestContext
 from fhir_server.definitions import R4_RESOURCE_TYPES
-from fhir_server.search import types, valuesets
+from fhir_server.search import resolve, types
 from fhir_server.search.fhirpath import compile_expression
 from fhir_server.search.model import And, IdMatch, Or, Predicate, ReferenceEntry, ReferenceMatch
 from fhir_server.search.parser import Include, SearchRequest, parse_search
@@ -240,8 +240,10 @@ def _entry(
     ctx: RequestContext, v: Version, mode: str, request: SearchRequest, raw: bool
 ) -> dict[str, Any]:
     resource: Any
-    if request.summary or request.elements:
-        elements = ",".join(request.elements) if request.elements else None
+    # "The list of elements does not apply to included resources" (search.html#elements).
+    wanted = request.elements if mode == "match" else None
+    if request.summary or wanted:
+        elements = ",".join(wanted) if wanted else None
         resource = shape(v.resource(), request.summary, elements)
     elif raw:
         resource = orjson.Fragment(v.body)  # the stored JSON goes out as it is, unparsed
@@ -265,7 +267,7 @@ async def search(
     if not scope.path and request.types:
         scope = Scope(request.types, "")
     if request.where is not None:
-        request = replace(request, where=await valuesets.resolve(ctx, request.where))
+        request = replace(request, where=await resolve.resolve(ctx, request.where))
     cursor = Cursor.decode(request.cursor) if request.cursor else None
     size = 0 if request.summary == "count" else _page_size(ctx, request)
     try:
@@ -278,6 +280,8 @@ async def search(
             total = await _total(ctx, request, scope)
         versions = [m.version for m in page]
         included = await _included(ctx, request, versions) if versions else []
+        if ctx.audit is not None:
+            ctx.audit.disclosed([*versions, *included])
     except StorageError as exc:
         raise errors.unavailable(f"Storage failed: {exc}") from None
     kept = [*request.kept, ("_count", str(size))]

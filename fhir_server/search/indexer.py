@@ -31,10 +31,14 @@ def _plan(params: Mapping[str, SearchParam], resource_type: str) -> tuple[_Step,
     cached = _plans.get(id(params))
     if cached is not None and cached[0] is params:
         return cached[1]
+    # `_id` is searched and sorted by the id itself in both engines: it needs no index.
     steps = tuple(
-        _Step(p, compile_expression(p.expression, resource_type), types.sortable(p.type))
+        _Step(
+            p, compile_expression(p.expression, resource_type),
+            types.sortable(p.type) and p.sortable,
+        )
         for p in params.values()
-        if p.type != "special" and p.expression
+        if p.type != "special" and p.expression and p.code != "_id"
     )
     _plans[id(params)] = (params, steps)  # keeps `params` alive, so its id stays unique
     return steps

@@ -216,7 +216,7 @@ class _Parser:
         for key in keys:  # all checked before any is applied: an ignored _sort leaves no trace
             if key.param != "_id":
                 param = self.param(self.resource_type, key.param)
-                if not param_types.sortable(param.type):
+                if not (param_types.sortable(param.type) and param.sortable):
                     raise ValueError(f"cannot sort by {param.type} parameter '{key.param}'")
         self.sort.extend(keys)
 

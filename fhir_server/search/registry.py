@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -50,6 +50,8 @@ class SearchParam:
     """Reference target types."""
     components: tuple[tuple[str, str], ...] = ()
     """Composite: (component param code, expression relative to the composite's element)."""
+    sortable: bool = True
+    """False where sorting by it is not offered although its type would allow it."""
 
 
 def _is_domain_resource(resource_type: str) -> bool:
@@ -66,6 +68,26 @@ def _applies_to(base: str) -> frozenset[str]:
     return frozenset((base,))
 
 
+AUDIT_EVENT_PARAMS = frozenset((
+    "_id", "_lastUpdated", "date", "type", "subtype", "action", "outcome", "agent", "agent-name",
+    "altid", "address", "entity", "patient",
+))
+"""AuditEvent's searchable standard parameters. The server writes an AuditEvent for every
+request, so each parameter indexed costs every request; these answer "who did what to whose
+data, when, from where, with what outcome". The others (site, source, policy, entity-role,
+_tag, ...) are left out, and AuditEvents sort by time only (`date`, `_lastUpdated`); a custom
+SearchParameter can still add any of them."""
+
+
+def _standard(param: SearchParam, resource_type: str) -> SearchParam | None:
+    """The parameter as `resource_type` offers it, or None where it does not."""
+    if resource_type != "AuditEvent":
+        return param
+    if param.code not in AUDIT_EVENT_PARAMS:
+        return None
+    return param if param.type == "date" else replace(param, sortable=False)
+
+
 class Registry:
     """Search parameters by resource type and code.
 
@@ -78,7 +100,8 @@ class Registry:
         by_type: dict[str, dict[str, SearchParam]] = {t: {} for t in R4_RESOURCE_TYPES}
         for param in params:
             for resource_type in _applies_to(param.base):
-                by_type[resource_type][param.code] = param
+                if offered := _standard(param, resource_type):
+                    by_type[resource_type][param.code] = offered
         self._by_type: dict[str, Mapping[str, SearchParam]] = {
             t: MappingProxyType(p) for t, p in by_type.items()
         }

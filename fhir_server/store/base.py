@@ -160,6 +160,17 @@ class Transaction(ABC):
     async def count(self, type_: str, where: Predicate | None) -> int:
         """`Store.count`, seeing this transaction's own writes."""
 
+    @abstractmethod
+    async def get_setting(self, key: str) -> Any:
+        """`Store.get_setting`, seeing this transaction's own writes."""
+
+    @abstractmethod
+    async def swap_setting(self, key: str, expected: Any, value: Any) -> None:
+        """Set `key` to `value` if its value is `expected` now (None: it has none yet);
+        otherwise raise VersionConflict and change nothing. The audit trail advances the head
+        of its hash chain this way, so two transactions never extend it from the same event.
+        """
+
     async def lock(self, key: str) -> None:
         """Hold an exclusive lock named `key` until the transaction ends (commit or rollback).
 

@@ -178,6 +178,25 @@ class _Undo:
             await history.delete_one({"_id": self.history_id})
 
 
+@dataclass(slots=True)
+class _SettingUndo:
+    """How to take back one swap_setting when no server transaction does it for us."""
+
+    settings: Any
+    id: str
+    previous: bytes | None
+    value: bytes
+    type: str = "settings"
+    version: int = 0
+
+    async def run(self, history: Any) -> None:
+        mine = {"_id": self.id, "value": self.value}
+        if self.previous is None:
+            await self.settings.delete_one(mine)
+        else:
+            await self.settings.update_one(mine, {"$set": {"value": self.previous}})
+
+
 class MongoTransaction(Transaction):
     def __init__(self, store: MongoStore, session: Any, *, server_side: bool) -> None:
         self._db = store._db
@@ -185,7 +204,7 @@ class MongoTransaction(Transaction):
         self._ensure_indexes = store.ensure_indexes
         self._store = store
         self._session = session
-        self._undo: list[_Undo] | None = None if server_side else []
+        self._undo: list[_Undo | _SettingUndo] | None = None if server_side else []
         self._locks: list[str] = []
 
     async def search(self, query: SearchQuery) -> list[Match]:
@@ -243,6 +262,35 @@ class MongoTransaction(Transaction):
                 step = _Undo(collection, version.type, version.id, version.version, previous)
                 self._undo.append(step)
             await self._append_history(version, step)
+
+    async def get_setting(self, key: str) -> Any:
+        with _guard(f"read setting {key}"):
+            doc = await self._db[SETTINGS].find_one({"_id": key}, session=self._session)
+        return None if doc is None else orjson.loads(doc["value"])
+
+    async def swap_setting(self, key: str, expected: Any, value: Any) -> None:
+        settings = self._db[SETTINGS]
+        previous = None if expected is None else orjson.dumps(expected)
+        new = orjson.dumps(value)
+        with _guard(f"write setting {key}"):
+            try:
+                if previous is None:
+                    await settings.insert_one({"_id": key, "value": new}, session=self._session)
+                    swapped = True
+                else:
+                    result = await settings.update_one(
+                        {"_id": key, "value": previous}, {"$set": {"value": new}},
+                        session=self._session,
+                    )
+                    swapped = result.matched_count > 0
+            except OperationFailure as exc:
+                if not isinstance(exc, DuplicateKeyError) and exc.code != WRITE_CONFLICT:
+                    raise
+                swapped = False
+        if not swapped:
+            raise VersionConflict("settings", key, 0)
+        if self._undo is not None:
+            self._undo.append(_SettingUndo(settings, key, previous, new))
 
     async def _swap_current(self, collection: Any, v: Version, index: ResourceIndex) -> Doc | None:
         """Compare-and-set the current copy; return what it replaced when the undo log needs it.

@@ -171,6 +171,20 @@ class SqliteTransaction(Transaction):
     async def put(self, version: Version, index: ResourceIndex | None = None) -> None:
         _guard(lambda: self._put(version, index or EMPTY_INDEX))
 
+    async def get_setting(self, key: str) -> Any:
+        sql = "SELECT value FROM settings WHERE key = ?"
+        row = _guard(lambda: self._conn.execute(sql, (key,)).fetchone())
+        return orjson.loads(row[0]) if row else None
+
+    async def swap_setting(self, key: str, expected: Any, value: Any) -> None:
+        # The write lock serialises transactions, so reading then writing is a compare-and-set.
+        found = await self.get_setting(key)
+        if found != expected:
+            raise VersionConflict("settings", key, 0)
+        _guard(lambda: self._conn.execute(
+            "INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", (key, orjson.dumps(value))
+        ))
+
     def _put(self, v: Version, index: ResourceIndex) -> None:
         row = self._conn.execute(
             "SELECT version FROM resources WHERE type = ? AND id = ?", (v.type, v.id)

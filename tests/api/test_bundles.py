@@ -33,7 +33,14 @@ from fhir_server.store.base import (
     Transaction,
     Version,
 )
-from tests.conftest import BASE, drop_store, make_store, settings_for
+from tests.conftest import (
+    BASE,
+    audit_events,
+    data_history,
+    drop_store,
+    make_store,
+    settings_for,
+)
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 SYNTHEA = Path(__file__).resolve().parents[3] / "shared" / "samples" / "synthea-r4"
@@ -287,6 +294,12 @@ class FailingTransaction(Transaction):
     async def lock(self, key: str) -> None:
         await self._tx.lock(key)
 
+    async def get_setting(self, key: str) -> Any:
+        return await self._tx.get_setting(key)
+
+    async def swap_setting(self, key: str, expected: Any, value: Any) -> None:
+        await self._tx.swap_setting(key, expected, value)
+
 
 class FailingStore(DelegatingStore):
     """Delegates to a real store; the `fail_at`-th put (counting from 1) raises StorageError."""
@@ -338,15 +351,22 @@ async def test_storage_failure_at_every_position_leaves_nothing(
             request("DELETE", "Patient/doomed"),
             post(dict(obs, status="amended")),
         )
-        before = (await client.get("/_history", params={"_count": 100})).json()
+        before = await data_history(client)
+        events_before = await audit_events(client)
         writes = len(bundle["entry"])
-        for k in range(1, writes + 1):
+        # Each entry's data write, then (sealed at commit) each entry's AuditEvent and the
+        # bundle's: a failure at any of them leaves nothing.
+        for k in range(1, 2 * writes + 2):
             store.puts, store.fail_at = 0, k
             response = await send(client, orjson.loads(orjson.dumps(bundle)))
             assert response.status_code == 503, (k, response.text)
-            assert "Bundle.entry[" in response.text and "injected failure" in response.text
-            after = (await client.get("/_history", params={"_count": 100})).json()
-            assert after == before, k
+            assert "injected failure" in response.text and "nothing was written" in response.text
+            assert ("Bundle.entry[" in response.text) == (k <= writes)
+            assert await data_history(client) == before, k
+            # The only new records: the failed transaction's own, and this test's reads.
+            new = (await audit_events(client))[len(events_before):]
+            assert [e["outcome"] for e in new if e["subtype"][0]["code"] == "transaction"] == ["8"]
+            events_before += new
             assert (await read(client, "Patient/existing"))["name"] == [{"family": "Before"}]
             assert (await client.get("/Patient/created")).status_code == 404
             assert (await read(client, "Patient/doomed"))["meta"]["versionId"] == "1"
@@ -390,11 +410,17 @@ async def test_batch_entries_are_independent(client: httpx.AsyncClient) -> None:
 
 async def test_batch_storage_failure_only_fails_its_entry(engine: str, tmp_path: Path) -> None:
     async with app_client(engine, tmp_path, wrap=True) as (client, store):
-        store.puts, store.fail_at = 0, 2
+        # Each entry writes its resource, then its AuditEvent, in one transaction of its own.
+        store.puts, store.fail_at = 0, 3
         entries = await ok(client, tx(post(patient("A")), post(patient("B")), post(patient("C")),
                                       kind="batch"))
         assert [e["response"]["status"].split()[0] for e in entries] == ["201", "503", "201"]
         assert (await client.get("/Patient")).json()["total"] == 2
+        # A failure to store an entry's AuditEvent takes back its write: no change unrecorded.
+        store.puts, store.fail_at = 0, 2
+        entries = await ok(client, tx(post(patient("D")), post(patient("E")), kind="batch"))
+        assert [e["response"]["status"].split()[0] for e in entries] == ["503", "201"]
+        assert (await client.get("/Patient", params={"family": "D"})).json()["total"] == 0
 
 
 # --- responses -----------------------------------------------------------------------------

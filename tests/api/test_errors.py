@@ -17,7 +17,7 @@ import pytest
 from fhir_server.app import create_app
 from tests.api.conftest import BASE, settings_for
 from tests.api.test_crud import FHIR_JSON, create, patient
-from tests.conftest import drop_store, make_store
+from tests.conftest import data_history, drop_store, make_store
 
 TRACEBACK_MARKERS = ("Traceback", 'File "')
 
@@ -41,9 +41,7 @@ def expressions(body: dict[str, Any]) -> list[str]:
 
 
 async def history_size(client: httpx.AsyncClient) -> int:
-    response = await client.get("/_history", params={"_count": 1000})
-    assert response.status_code == 200, response.text
-    return len(response.json().get("entry", []))
+    return len(await data_history(client))
 
 
 # --- unknown things ------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from fhir_server.definitions import mandatory_elements, summary_elements
 from fhir_server.formats.xml import xml_to_resource
 from tests.api.test_crud import FHIR_JSON, create, patient
 from tests.api.test_errors import TRACEBACK_MARKERS, outcome
+from tests.conftest import data_history
 
 FHIR_XML = "application/fhir+xml"
 SUBSETTED_CODE = "SUBSETTED"
@@ -374,7 +375,7 @@ async def test_406_leaves_nothing_written(client: httpx.AsyncClient) -> None:
     response = await client.post(
         "/Patient", json=patient(), headers={**FHIR_JSON, "Accept": "text/plain"}
     )
-    history = (await client.get("/_history")).json().get("entry", [])
+    history = await data_history(client)
     if response.status_code == 406:
         assert history == [], "a 406 must not leave a resource behind"
     else:
@@ -442,7 +443,7 @@ async def test_invalid_xml_resource_is_422_like_json(
 async def test_malformed_xml_is_400(client: httpx.AsyncClient, body: bytes) -> None:
     response = await client.post("/Patient", content=body, headers={"Content-Type": FHIR_XML})
     outcome(response, 400)
-    assert (await client.get("/_history")).json().get("entry", []) == []
+    assert await data_history(client) == []
 
 
 async def test_xml_external_entities_are_not_resolved(client: httpx.AsyncClient) -> None:

@@ -68,7 +68,9 @@ async def test_type_and_system_levels(client: httpx.AsyncClient) -> None:
     p = await create(client, patient())
     org = await create(client, {"resourceType": "Organization", "name": "City Hospital"})
     type_level = keys(await pages(client, "/Patient/_history"))
-    system_level = keys(await pages(client, "/_history", _count=1))
+    # The audit trail's records of these requests are in the system history too.
+    system_level = [k for k in keys(await pages(client, "/_history", _count=1))
+                    if not k[0].startswith("AuditEvent/")]
     assert type_level == [(f"Patient/{p['id']}", 'W/"1"')]
     assert system_level == [(f"Organization/{org['id']}", 'W/"1"'), (f"Patient/{p['id']}", 'W/"1"')]
 

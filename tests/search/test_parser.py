@@ -45,6 +45,7 @@ class P:
     expression: str = ""
     url: str = ""
     targets: tuple[str, ...] = ()
+    sortable: bool = True
     components: tuple[tuple[str, str], ...] = ()
 
 

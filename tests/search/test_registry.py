@@ -22,6 +22,7 @@ from fhir_server.search.generate import (
     split_union,
 )
 from fhir_server.search.registry import (
+    AUDIT_EVENT_PARAMS,
     Registry,
     SearchParam,
     default_registry,
@@ -89,10 +90,20 @@ def test_each_type_has_its_parameters_from_the_source() -> None:
     registry = default_registry()
     for resource_type in R4_RESOURCE_TYPES:
         params = registry.params(resource_type)
-        assert len(params) == expected[resource_type] + generic, resource_type
+        if resource_type == "AuditEvent":  # offers a chosen few (see AUDIT_EVENT_PARAMS)
+            assert set(params) == AUDIT_EVENT_PARAMS
+        else:
+            assert len(params) == expected[resource_type] + generic, resource_type
         for code, param in params.items():
             assert param.code == code
             assert param.base in (resource_type, "Resource")
+
+
+def test_audit_events_sort_by_time_only() -> None:
+    registry = default_registry()
+    sortable = {c for c, p in registry.params("AuditEvent").items() if p.sortable}
+    assert sortable == {"date", "_lastUpdated"}
+    assert all(p.sortable for p in registry.params("Observation").values())
 
 
 def test_generic_parameters_apply_to_every_type() -> None:
