@@ -1,5 +1,6 @@
 """Structural validation: the JSON shape against the R4 definitions, then value formats with
-fhir.resources (R4B models).
+fhir.resources (R4B models), then the rules of the R4 base definitions (invariants with their
+severities, required bindings; see `base_rules`) — on every write, whatever profile it claims.
 
 Pydantic reports error locations as tuples of field names and list indices; we turn them into
 FHIRPath expressions (`Patient.name[0].family`) so a client can find the offending element.
@@ -16,6 +17,7 @@ from pydantic import ValidationError
 
 from fhir_server.definitions import MODELLED_RESOURCE_TYPES
 from fhir_server.errors import Issue, bad_request, unprocessable
+from fhir_server.validation.base_rules import check_base_rules
 from fhir_server.validation.json_shape import check_json_shape
 
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
@@ -53,7 +55,17 @@ def _issue(resource_type: str, error: Any) -> Issue:
 
 
 def validate_structure(resource: dict[str, Any]) -> None:
-    """Raise a 422 listing every structural problem of `resource` (its type is known)."""
+    """Raise a 422 listing every structural problem of `resource` (its type is known), or, when
+    its structure is sound, every issue of the base definitions' rules if one is an error
+    (warnings alone, such as dom-6 on a resource without narrative, do not refuse it)."""
+    check_structure(resource)
+    issues = check_base_rules(resource)
+    if any(i.severity in ("error", "fatal") for i in issues):
+        raise unprocessable(issues)
+
+
+def check_structure(resource: dict[str, Any]) -> None:
+    """Raise a 422 listing every structural problem of `resource` (shape, formats, models)."""
     issues = check_json_shape(resource)
     seen = {i.expression for i in issues}
     resource_type = resource["resourceType"]

@@ -469,6 +469,14 @@ async def test_other_bundle_types(client: httpx.AsyncClient, kind: str) -> None:
     if kind == "document":
         bundle["identifier"] = {"system": "urn:ietf:rfc:3986", "value": urn()}
         bundle["timestamp"] = "2024-01-01T00:00:00Z"
+    # R4 requires a document to open with a Composition, a message with a MessageHeader.
+    first = {"document": {"resourceType": "Composition", "status": "final",
+                          "type": {"text": "Note"}, "date": "2024-01-01",
+                          "author": [{"display": "Dr X"}], "title": "Note"},
+             "message": {"resourceType": "MessageHeader", "eventCoding": {"code": "notify"},
+                         "source": {"endpoint": "http://example.org/sender"}}}.get(kind)
+    if first is not None:
+        bundle["entry"].insert(0, {"fullUrl": urn(), "resource": first})
     refused = await send(client, bundle)
     assert refused.status_code == 400
     text = refused.json()["issue"][0]["diagnostics"]

@@ -1,5 +1,6 @@
-"""Validation cost per resource: structural alone, the national-core profiles (seed data), and
-US Core 5.0.1 (the Synthea samples, when ../shared is present).
+"""Validation cost per resource: structural alone, structural + the base definitions' rules
+(invariants, required bindings: what every write pays), the national-core profiles (seed data),
+and US Core 5.0.1 (the Synthea samples, when ../shared is present).
 
     python -m tests.bench.bench_validation [--repeat 20]
 
@@ -18,17 +19,20 @@ from pathlib import Path
 from typing import Any
 
 from fhir_server.config import PROJECT_ROOT, Settings
+from fhir_server.validation.base_rules import check_base_rules
 from fhir_server.validation.conformance import NATIONAL_CORE_REQUIRED, Conformance
 from fhir_server.validation.profiles import ProfileValidator
-from fhir_server.validation.structure import validate_structure
+from fhir_server.validation.structure import check_structure, validate_structure
 from fhir_server.validation.terminology import Terminology
 
 SHARED = PROJECT_ROOT.parent / "shared"
 US_CORE = SHARED / "fhir-r4" / "uscore-v5.0.1-structuredefinitions.json"
 SYNTHEA = SHARED / "samples" / "synthea-r4"
 US = "http://hl7.org/fhir/us/core/StructureDefinition/"
-US_CORE_FOR = {"Patient": US + "us-core-patient",
-               "MedicationRequest": US + "us-core-medicationrequest"}
+US_CORE_FOR = {
+    "Patient": US + "us-core-patient",
+    "MedicationRequest": US + "us-core-medicationrequest",
+}
 
 
 def bundle_resources(folder: Path) -> list[dict[str, Any]]:
@@ -49,6 +53,15 @@ def per_resource_ms(items: list[Any], check: Callable[[Any], object], repeat: in
 
 
 def structural(resource: dict[str, Any]) -> None:
+    """The structure alone (JSON shape, formats, R4B models)."""
+    try:
+        check_structure(resource)
+    except Exception:
+        return
+
+
+def write_time(resource: dict[str, Any]) -> None:
+    """What every write pays: the structure, then the base definitions' rules."""
     try:
         validate_structure(resource)
     except Exception:
@@ -61,34 +74,45 @@ def main() -> None:
     args = parser.parse_args()
     rows: list[tuple[str, int, float]] = []
 
+    def row(what: str, items: list[Any], check: Callable[[Any], object], repeat: int) -> None:
+        rows.append((what, len(items), per_resource_ms(items, check, repeat)))
+
     seed = bundle_resources(PROJECT_ROOT / "seed_data")
     national = Conformance.load(Settings(require_national_core=True))
     profiled = [r for r in seed if r["resourceType"] in NATIONAL_CORE_REQUIRED]
-    rows.append(("structural (seed, profiled types)", len(profiled),
-                 per_resource_ms(profiled, structural, args.repeat)))
-    rows.append(("national-core profile + base walk", len(profiled), per_resource_ms(
-        profiled, lambda r: national.validator.validate(r, national.required[r["resourceType"]]),
-        args.repeat)))
+    row("structural (seed, profiled types)", profiled, structural, args.repeat)
+    row("structural + base rules (seed, profiled types)", profiled, write_time, args.repeat)
+    row("national-core profile + base walk", profiled,
+        lambda r: national.validator.validate(r, national.required[r["resourceType"]]),
+        args.repeat)  # fmt: skip
 
     if US_CORE.exists() and SYNTHEA.is_dir():
         with tempfile.TemporaryDirectory() as directory:
+            sds = json.loads(US_CORE.read_text())
             bundle = {"resourceType": "Bundle", "type": "collection",
-                      "entry": [{"resource": sd} for sd in json.loads(US_CORE.read_text())]}
+                      "entry": [{"resource": sd} for sd in sds]}  # fmt: skip
             (Path(directory) / "uscore.json").write_text(json.dumps(bundle))
             us_core = ProfileValidator.load(Path(directory), Terminology.load())
         synthea = [r for r in bundle_resources(SYNTHEA) if r["resourceType"] in US_CORE_FOR]
-        rows.append(("structural (Synthea Patient+MedicationRequest)", len(synthea),
-                     per_resource_ms(synthea, structural, args.repeat)))
-        rows.append(("US Core profile + base walk", len(synthea), per_resource_ms(
-            synthea, lambda r: us_core.validate(r, [US_CORE_FOR[r["resourceType"]]]),
-            args.repeat)))
-        everything = bundle_resources(SYNTHEA)
-        rows.append(("base definitions only (all Synthea)", len(everything),
-                     per_resource_ms(everything, us_core.validate, max(1, args.repeat // 10))))
+        row("structural (Synthea Patient+MedicationRequest)", synthea, structural, args.repeat)
+        row("structural + base rules (Synthea Patient+MedicationRequest)", synthea, write_time,
+            args.repeat)  # fmt: skip
 
-    print(f"{'what':50} {'resources':>9} {'ms/resource':>12}")
+        def us_core_profile(r: dict[str, Any]) -> object:
+            return us_core.validate(r, [US_CORE_FOR[r["resourceType"]]])
+
+        row("US Core profile + base walk", synthea, us_core_profile, args.repeat)
+        everything = bundle_resources(SYNTHEA)
+        few = max(1, args.repeat // 5)
+        row("structural (all Synthea)", everything, structural, few)
+        row("structural + base rules (all Synthea)", everything, write_time, few)
+        row("base rules alone (all Synthea)", everything, check_base_rules, few)
+        row("base definitions walk of $validate (all Synthea)", everything, us_core.validate,
+            max(1, args.repeat // 10))  # fmt: skip
+
+    print(f"{'what':60} {'resources':>9} {'ms/resource':>12}")
     for what, count, ms in rows:
-        print(f"{what:50} {count:>9} {ms:>12.3f}")
+        print(f"{what:60} {count:>9} {ms:>12.3f}")
 
 
 if __name__ == "__main__":

@@ -5,11 +5,13 @@ answers to `valueQuantity`, `valueString`, ... for the types it allows), cardina
 pattern values, maxLength, binding, compiled FHIRPath constraints, slicing and slices, children.
 The validator walks a resource against this tree; nothing is re-read or re-parsed per resource.
 
-FHIRPath constraints are compiled with fhirpathpy once per expression (shared by all profiles).
-`ele-1` and `ext-1`, which sit on nearly every element, and `dom-3` (which fhirpathpy cannot
-evaluate: `as` on a collection) are implemented natively. Expressions using
-functions fhirpathpy lacks (`htmlChecks`, `resolve`, ...) or that it cannot parse are skipped,
-with a note in `NOTES`; they never produce an issue.
+FHIRPath constraints are compiled with fhirpathpy once per expression (shared by all profiles);
+the validator evaluates them with the compiled evaluator of `fhirpath.compiler` where it covers
+the expression (all of the R4 base invariants but resolve()), fhirpathpy else. `ele-1` and
+`ext-1`, which sit on nearly every element, `dom-3` (which fhirpathpy cannot evaluate: `as` on a
+collection) and txt-1 / txt-2 (`htmlChecks()`) are implemented natively (see `native`).
+Expressions using functions fhirpathpy lacks (`resolve`, ...) or that it cannot parse are
+skipped, with a note in `NOTES`; they never produce an issue.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ PRIMITIVES = frozenset(
     }
 )
 SYSTEM_PREFIX = "http://hl7.org/fhirpath/System."
-NATIVE = frozenset({"ele-1", "ext-1", "dom-3"})
+NATIVE = frozenset({"ele-1", "ext-1", "dom-3", "txt-1", "txt-2"})
 NOTES: set[str] = set()  # invariants skipped, and why (process-wide, for diagnostics)
 
 

@@ -10,7 +10,8 @@ Two walks are made: the *base* walk (the resource type's definition, descending 
 definitions of datatypes and contained resources: base invariants, required bindings, extension
 URLs and contexts, reference targets) and one *profile* walk per profile (what the profile
 constrains: its snapshot elements, slices, and the profiles of its types and extensions).
-Issues found by both are reported once.
+Invariants are evaluated by the compiled FHIRPath evaluator (`fhirpath.compiler`), or by
+fhirpathpy when an expression is outside what it compiles. Issues found by both are reported once.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from typing import Any, Protocol
 from fhirpathpy.engine.nodes import ResourceNode
 
 from fhir_server.errors import Issue
+from fhir_server.validation.fhirpath.compiler import Env, compiled_invariant
+from fhir_server.validation.native import dom3_ok, ele1_ok, ext1_ok, html_checks
 from fhir_server.validation.profiles.compiler import (
     NOTES,
     CompiledProfile,
@@ -626,11 +629,16 @@ class ProfileValidator:
             if c.fn is None:
                 ok = _native(c.key, value)
             else:
+                type_path = node.type_path(code)
+                fast = compiled_invariant(c.expression, type_path)
                 try:
-                    data = value
-                    if not (isinstance(value, dict) and "resourceType" in value):
-                        data = ResourceNode.create_node(value, node.type_path(code))
-                    result = c.fn(data, {"resource": run.root, "rootResource": run.root})
+                    if fast is not None:
+                        result = fast([value], Env(run.root, run.root, value))
+                    else:
+                        data = value
+                        if not (isinstance(value, dict) and "resourceType" in value):
+                            data = ResourceNode.create_node(value, type_path)
+                        result = c.fn(data, {"resource": run.root, "rootResource": run.root})
                 except Exception as exc:  # evaluation failure: skip, never a false error
                     _note_failure(c.key, exc)
                     continue
@@ -724,47 +732,15 @@ def _note_failure(key: str, exc: Exception) -> None:
         NOTES.add(f"{key}: evaluation failed, skipped there ({type(exc).__name__}: {reason})")
 
 
-def _references(value: Any, found: set[str]) -> None:
-    """Every string in `value` that starts with '#' (local references, canonicals)."""
-    if isinstance(value, dict):
-        for item in value.values():
-            _references(item, found)
-    elif isinstance(value, list):
-        for item in value:
-            _references(item, found)
-    elif isinstance(value, str) and value.startswith("#"):
-        found.add(value)
-
-
-def _dom3(resource: dict[str, Any]) -> bool:
-    """dom-3: every contained resource is referenced from elsewhere, or refers to its container."""
-    contained = [c for c in _listify(resource.get("contained")) if isinstance(c, dict)]
-    if not contained:
-        return True
-    found: set[str] = set()
-    _references({k: v for k, v in resource.items() if k != "contained"}, found)
-    for c in contained:
-        inner: set[str] = set()
-        _references(c, inner)
-        found |= {r for r in inner if r != f"#{c.get('id')}"}
-    for c in contained:
-        own: set[str] = set()
-        _references(c, own)
-        if f"#{c.get('id')}" not in found and "#" not in own:
-            return False
-    return True
-
-
 def _native(key: str, value: Any) -> bool:
     if key == "ele-1":
-        if isinstance(value, dict):
-            return any(k != "id" for k in value)
-        return True
+        return ele1_ok(value)
     if key == "ext-1" and isinstance(value, dict):
-        has_value = any(k.startswith("value") for k in value)
-        return bool(value.get("extension")) != has_value
+        return ext1_ok(value)
     if key == "dom-3" and isinstance(value, dict):
-        return _dom3(value)
+        return dom3_ok(value)
+    if key in ("txt-1", "txt-2") and isinstance(value, str):
+        return html_checks(value)[key == "txt-2"]
     return True
 
 
