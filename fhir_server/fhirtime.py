@@ -21,7 +21,11 @@ _DATE_TIME = re.compile(
 
 
 def format_instant(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime(INSTANT_FORMAT)
+    """The fixed-width UTC text of `moment` (INSTANT_FORMAT; an f-string is ~4x strftime, and
+    this runs for every date a write indexes)."""
+    m = moment if moment.tzinfo is UTC else moment.astimezone(UTC)
+    return (f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:"
+            f"{m.second:02d}.{m.microsecond:06d}Z")
 
 
 def parse_instant(text: str) -> datetime:

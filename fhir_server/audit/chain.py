@@ -77,7 +77,7 @@ async def seal(tx: Transaction, events: list[Resource], registry: Registry) -> l
     the caller's transaction rolls back and may retry)."""
     head = await tx.get_setting(HEAD_KEY)
     sequence, previous, at = (head["seq"], head["hash"], head["at"]) if head else (0, GENESIS, None)
-    versions = []
+    versions, indexed = [], []
     for event in events:
         sequence += 1
         at = clock.next(at)
@@ -94,8 +94,9 @@ async def seal(tx: Transaction, events: list[Resource], registry: Registry) -> l
         }
         previous = chain_hash(stored)
         version = Version("AuditEvent", stored["id"], 1, at, "POST", orjson.dumps(stored))
-        await tx.put(version, index_resource(stored, registry))
+        indexed.append((version, index_resource(stored, registry)))
         versions.append(version)
+    await tx.insert(indexed)
     await tx.swap_setting(HEAD_KEY, head, {"seq": sequence, "hash": previous, "at": at})
     return versions
 

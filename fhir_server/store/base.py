@@ -151,6 +151,12 @@ class Transaction(ABC):
         otherwise raise VersionConflict and write nothing.
         """
 
+    async def insert(self, new: list[tuple[Version, ResourceIndex]]) -> None:
+        """`put` for many resources that cannot exist yet (each at version 1, with a fresh
+        id), which an engine may write in bulk. Raises VersionConflict if one does exist."""
+        for version, index in new:
+            await self.put(version, index)
+
     @abstractmethod
     async def search(self, query: SearchQuery) -> list[Match]:
         """`Store.search`, seeing this transaction's own writes (conditional interactions,

@@ -161,6 +161,8 @@ class SqliteTransaction(Transaction):
         return self._store._count(self._conn, type_, where)
 
     async def current(self, type_: str, id_: str) -> Version | None:
+        if "resources" in self._pending:
+            _guard(self.flush)
         row = _guard(
             lambda: self._conn.execute(
                 f"SELECT {COLUMNS} FROM resources WHERE type = ? AND id = ?", (type_, id_)
@@ -170,6 +172,19 @@ class SqliteTransaction(Transaction):
 
     async def put(self, version: Version, index: ResourceIndex | None = None) -> None:
         _guard(lambda: self._put(version, index or EMPTY_INDEX))
+
+    async def insert(self, new: list[tuple[Version, ResourceIndex]]) -> None:
+        _guard(lambda: self._insert(new))
+
+    def _insert(self, new: list[tuple[Version, ResourceIndex]]) -> None:
+        # Buffered like index rows: written at the commit (off the event loop); an id that is
+        # taken after all fails the commit with VersionConflict.
+        rows = [(v.type, v.id, v.version, v.last_updated, v.method, v.body) for v, _ in new]
+        self._pending.setdefault("resources", []).extend(rows)
+        self._pending.setdefault("history", []).extend(rows)
+        for v, index in new:
+            self._store._rows_written += 2 + len(index.entries) + len(index.sort)
+            write_index(self._conn, v.type, v.id, index, replace=False, into=self._pending)
 
     async def get_setting(self, key: str) -> Any:
         sql = "SELECT value FROM settings WHERE key = ?"
@@ -186,6 +201,8 @@ class SqliteTransaction(Transaction):
         ))
 
     def _put(self, v: Version, index: ResourceIndex) -> None:
+        if "resources" in self._pending:
+            self.flush()  # the compare-and-set below must see buffered inserts
         row = self._conn.execute(
             "SELECT version FROM resources WHERE type = ? AND id = ?", (v.type, v.id)
         ).fetchone()
@@ -226,6 +243,18 @@ def write_index(
     if into is None:
         for table, table_rows in rows.items():
             conn.executemany(insert_sql(table, len(table_rows[0])), table_rows)
+
+
+def _commit(conn: sqlite3.Connection, tx: SqliteTransaction) -> None:
+    try:
+        tx.flush()
+        conn.execute("COMMIT")
+    except sqlite3.IntegrityError as exc:
+        conn.execute("ROLLBACK")
+        raise VersionConflict("resources", str(exc), 0) from exc  # an id already taken
+    except sqlite3.Error as exc:
+        conn.execute("ROLLBACK")
+        raise StorageError(f"SQLite commit failed: {exc}") from exc
 
 
 class SqliteStore(Store):
@@ -423,12 +452,10 @@ class SqliteStore(Store):
             except BaseException:
                 _guard(lambda: conn.execute("ROLLBACK"))
                 raise
-            try:
-                tx.flush()
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                conn.execute("ROLLBACK")
-                raise StorageError(f"SQLite commit failed: {exc}") from exc
+            # The buffered rows and the commit are most of a write's SQLite work; sqlite3
+            # releases the GIL while it steps, so on a thread they overlap other requests.
+            # The write lock, held until this returns, keeps the connection ours meanwhile.
+            await asyncio.to_thread(_commit, conn, tx)
             if self._rows_written >= CHECKPOINT_EVERY_ROWS and self._checkpointer is not None:
                 self._rows_written = 0
                 self._checkpointer.request()

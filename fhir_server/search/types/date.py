@@ -58,12 +58,24 @@ def _parse_range(text: str) -> tuple[datetime, datetime]:
         raise ValueError(f"'{text}' is too close to the end of time") from exc
 
 
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def _instant_range(text: Any) -> tuple[str, str] | None:
     if not isinstance(text, str):
         return None
+    if len(text) == 27 and text[26] == "Z" and text[19] == "." and text[10] == "T":
+        # Already a stored instant (meta.lastUpdated, AuditEvent.recorded): the range is that
+        # microsecond. fromisoformat is C; the general path below costs about 5 times more.
+        try:
+            start = datetime.fromisoformat(text)
+        except ValueError:
+            pass
+        else:
+            return text, _shift(start, _MICROSECOND)
     try:
         start, end = _parse_range(text)
-    except ValueError:
+    except (ValueError, OverflowError):  # the last moment of year 9999 has no end
         return None
     return format_instant(start), format_instant(end)
 
