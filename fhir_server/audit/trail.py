@@ -59,7 +59,7 @@ class AuditTrail:
         """Whether interactions are recorded (AuditEvents that clients create are chained
         either way)."""
         self.patients = PatientLinks(registry)
-        self._queue: list[tuple[Resource, asyncio.Future[None]]] = []
+        self._queue: list[tuple[chain.Prepared, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
         # Seals of this process take turns, so they never race each other for the head (only
         # other processes can, and the head's compare-and-set catches them).
@@ -68,7 +68,9 @@ class AuditTrail:
     def scope(self, agent: Agent) -> AuditScope:
         return AuditScope(self, agent)
 
-    async def seal(self, tx: Transaction, events: list[Resource]) -> list[Version]:
+    async def seal(
+        self, tx: Transaction, events: list[Resource] | list[chain.Prepared]
+    ) -> list[Version]:
         async with self._sealing:
             return await chain.seal(tx, events, self.registry)
 
@@ -76,7 +78,9 @@ class AuditTrail:
         """Store `event` in a transaction of its own (shared with whatever else is waiting);
         returns once it is committed."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((event, future))
+        # Stamped and indexed here, in the request's own turn, while an earlier batch may be
+        # committing on its thread: the flusher is left with the storage work.
+        self._queue.append((chain.prepare(event, self.registry), future))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush())
         await future
@@ -101,7 +105,7 @@ class AuditTrail:
         finally:
             self._flusher = None
 
-    async def _commit(self, events: list[Resource]) -> None:
+    async def _commit(self, events: list[chain.Prepared]) -> None:
         for _ in range(SEAL_ATTEMPTS):
             try:
                 async with self.store.transaction() as tx:
