@@ -145,6 +145,8 @@ class AuditScope:
 
     def saw(self, v: Version) -> None:
         """The interaction returned or acted on this version."""
+        if not self.trail.enabled:
+            return
         self._entities.append(resource_entity(v))
         for patient in self.trail.patients.of_version(v):
             self._patients.setdefault(patient)
@@ -159,6 +161,8 @@ class AuditScope:
 
     def disclosed(self, versions: Iterable[Version]) -> None:
         """The interaction returned these (search, history): their Patients are recorded."""
+        if not self.trail.enabled:
+            return
         of_version = self.trail.patients.of_version
         for v in versions:
             for patient in of_version(v):
@@ -167,6 +171,8 @@ class AuditScope:
     def wrote(self, v: Version, index: ResourceIndex | None, before: Version | None) -> None:
         """A write stored `v` (with `index`; a deletion has none, `before` is what it
         removed): its event joins the open transaction."""
+        if not self.trail.enabled:
+            return
         patients = self.trail.patients
         if index is not None:
             found = patients.of_index(v.type, v.id, index)
@@ -175,9 +181,8 @@ class AuditScope:
         for patient in found:
             self._patients.setdefault(patient)
         self._entities.append(resource_entity(v))
-        if self.trail.enabled:
-            self.pending.append(self.event(WRITE_SUBTYPES[v.method], 200))
-            self.noted = True
+        self.pending.append(self.event(WRITE_SUBTYPES[v.method], 200))
+        self.noted = True
 
     def event(self, subtype: str, status: int, description: str | None = None) -> Resource:
         entities = list(self._entities)
