@@ -118,3 +118,36 @@ def test_broken_blood_pressure_is_caught(validator, resources):
     after = errors(validator.validate(bp, [url]))
     assert len(after) > len(before)
     assert any(i.expression == ("Observation.subject",) for i in after)
+
+
+def test_us_core_discriminators_and_resolve(validator):
+    """What US Core 5.0.1 (this subset) slices by: no discriminator goes through resolve(), so
+    the resolve() support (contained / same-Bundle targets, "cannot check" otherwise) cannot
+    change its verdicts on the Synthea samples; the test below pins those."""
+    found = set()
+    for sd in json.loads(US_CORE.read_text()):
+        for element in sd["snapshot"]["element"]:
+            for d in (element.get("slicing") or {}).get("discriminator", ()):
+                found.add((d["type"], d["path"]))
+    assert found == {
+        ("value", "url"),
+        ("value", "coding.code"),
+        ("value", "coding.system"),
+        ("pattern", "code"),
+        ("pattern", "$this"),
+    }
+    assert not any("resolve()" in path for _, path in found)
+
+
+def test_synthea_errors_are_only_the_known_ones(validator, resources):
+    """The only errors on the Synthea samples: blood pressure panels coded with LOINC 55284-4
+    alone, where US Core requires 85354-9 (true errors). Anything else would be a new false
+    error (extension contexts, slicing)."""
+    selected = [(r, profile_for(r)) for r in resources if profile_for(r)]
+    if not selected:
+        pytest.skip("Synthea samples not available")
+    for resource, profiles in selected:
+        for issue in errors(validator.validate(resource, profiles)):
+            assert issue.expression == ("Observation.code",), issue
+            codes = {c.get("code") for c in resource["code"]["coding"]}
+            assert "85354-9" in issue.diagnostics and "85354-9" not in codes, issue

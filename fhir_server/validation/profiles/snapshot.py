@@ -12,7 +12,8 @@ an element the base does not list yet is created:
 - a renamed choice (`Observation.valueQuantity`) constrains `Observation.value[x]` to that type.
 
 Only the properties validation uses are merged (cardinality, types, fixed/pattern, maxLength,
-binding, constraints, slicing); documentation is not carried over.
+binding, constraints, slicing; binding and slicing property by property, so that a differential
+that restates part of them keeps the rest); documentation is not carried over.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ Element = dict[str, Any]
 Resolver = Callable[[str], dict[str, Any] | None]
 
 FHIR_SD = "http://hl7.org/fhir/StructureDefinition/"
-MERGED = ("min", "max", "maxLength", "type", "binding", "slicing", "contentReference")
+MERGED = ("min", "max", "maxLength", "type", "contentReference")
+PARTIAL = ("binding", "slicing")  # a differential may restate only part of them
 
 
 class SnapshotError(Exception):
@@ -169,6 +171,13 @@ def _merge(target: Element, diff: Element) -> None:
     for key in MERGED:
         if key in diff:
             target[key] = copy.deepcopy(diff[key])
+    for key in PARTIAL:
+        # `slicing: {rules: closed}` keeps the base's discriminators; `binding: {strength:
+        # required}` its value set.
+        if isinstance(diff.get(key), dict):
+            merged = dict(target[key]) if isinstance(target.get(key), dict) else {}
+            merged.update(copy.deepcopy(diff[key]))
+            target[key] = merged
     if "sliceName" in diff:
         target["sliceName"] = diff["sliceName"]
     if any(k.startswith(("fixed", "pattern")) for k in diff):

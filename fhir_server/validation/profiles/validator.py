@@ -12,6 +12,11 @@ URLs and contexts, reference targets) and one *profile* walk per profile (what t
 constrains: its snapshot elements, slices, and the profiles of its types and extensions).
 Invariants are evaluated by the compiled FHIRPath evaluator (`fhirpath.compiler`), or by
 fhirpathpy when an expression is outside what it compiles. Issues found by both are reported once.
+
+Extension contexts (element, fhirpath, extension) are checked by `contexts`. Slicing
+discriminators may go through resolve(): targets are followed to contained resources and to
+entries of an enclosing Bundle (`instance.resolve_reference`); a slice match that needs a target
+the validator does not have is reported as "cannot check" (information), never as an error.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,12 +41,27 @@ from fhir_server.validation.profiles.compiler import (
     compile_profile,
     is_primitive,
 )
+from fhir_server.validation.profiles.contexts import context_verdict, describe
+from fhir_server.validation.profiles.instance import reference_type, resolve_reference
 from fhir_server.validation.profiles.loader import Registry, base_definitions, load_directory
 from fhir_server.validation.profiles.snapshot import SnapshotError, generate_snapshot
 
 FHIR_SD = "http://hl7.org/fhir/StructureDefinition/"
-ANY_CONTEXT = frozenset({"Element", "Resource", "DomainResource", "Base", "BackboneElement"})
 _SEGMENT = re.compile(r"extension\('([^']*)'\)|resolve\(\)|ofType\((\w+)\)|\$this|[A-Za-z_]\w*")
+
+
+class _Unavailable:
+    """A slice match that depends on reference targets the validator does not have."""
+
+    __slots__ = ("references",)
+
+    def __init__(self, references: tuple[str, ...] = ()) -> None:
+        self.references = references
+
+    def __repr__(self) -> str:
+        return f"Unavailable{self.references}"
+
+
 _REFERENCE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}(?:/_history/[^/]+)?$")
 
 
@@ -328,12 +349,18 @@ class ProfileValidator:
             if run.base:
                 if child.name in ("extension", "modifierExtension"):
                     for value, _, where in values:
-                        self._extension(run, value, where, real, code, child.name)
+                        self._extension(run, value, where, real, code, child.name, expr)
                 for companion, where in companions:
                     type_code = child.types[0].code if len(child.types) == 1 else None
                     for i, ext in enumerate(_listify(companion.get("extension"))):
                         self._extension(
-                            run, ext, f"{where}.extension[{i}]", child_real, type_code, "extension"
+                            run,
+                            ext,
+                            f"{where}.extension[{i}]",
+                            child_real,
+                            type_code,
+                            "extension",
+                            where,
                         )
 
     @staticmethod
@@ -374,25 +401,47 @@ class ProfileValidator:
     ) -> None:
         slicing = node.slicing or Slicing((), "open", False)
         matched: list[int | None] = []
-        for value, type_code, _ in values:
+        unchecked: list[list[int]] = []  # per value: the slices it may match (resolve())
+        missing: list[tuple[str, ...]] = []  # per value: the references not available
+        for value, type_code, where in values:
             index = None
+            maybe: list[int] = []
+            refs: tuple[str, ...] = ()
             for i, slice_node in enumerate(node.slices):
-                if self._matches(run, slice_node, slicing, value, type_code):
+                verdict = self._matches(run, slice_node, slicing, value, type_code, where)
+                if verdict is True:
                     index = i
                     break
+                if isinstance(verdict, _Unavailable):
+                    maybe.append(i)
+                    refs += tuple(r for r in verdict.references if r not in refs)
             matched.append(index)
+            unchecked.append(maybe if index is None else [])
+            missing.append(refs)
         for i, slice_node in enumerate(node.slices):
             count = matched.count(i)
             where = values[0][2].rsplit("[", 1)[0] if values else real
             if count < slice_node.min:
-                run.add(
-                    "error",
-                    "required",
-                    where,
-                    slice_node,
-                    f"slice '{slice_node.slice_name}': minimum required = {slice_node.min}, "
-                    f"but only found {count}",
-                )
+                could = sum(1 for maybe in unchecked if i in maybe)
+                if count + could >= slice_node.min:
+                    run.add(
+                        "information",
+                        "not-found",
+                        where,
+                        slice_node,
+                        f"slice '{slice_node.slice_name}': minimum required = {slice_node.min}, "
+                        f"found {count}; cannot check {could} more whose reference targets are "
+                        "not available",
+                    )
+                else:
+                    run.add(
+                        "error",
+                        "required",
+                        where,
+                        slice_node,
+                        f"slice '{slice_node.slice_name}': minimum required = "
+                        f"{slice_node.min}, but only found {count}",
+                    )
             if slice_node.max is not None and count > slice_node.max:
                 run.add(
                     "error",
@@ -404,8 +453,22 @@ class ProfileValidator:
                 )
         seen_unmatched = False
         last = -1
-        for (value, type_code, where), index in zip(values, matched, strict=True):
+        rows = zip(values, matched, unchecked, missing, strict=True)
+        for (value, type_code, where), index, maybe, refs in rows:
             if index is None:
+                if maybe:
+                    names = ", ".join(f"'{node.slices[i].slice_name}'" for i in maybe)
+                    shown = " ".join(refs) + " " if refs else ""
+                    run.add(
+                        "information",
+                        "not-found",
+                        where,
+                        node,
+                        f"cannot check whether it matches slice {names}: the reference target "
+                        f"{shown}is not available to resolve() (neither contained nor in the "
+                        "same Bundle)",
+                    )
+                    continue
                 seen_unmatched = True
                 if slicing.rules == "closed":
                     run.add(
@@ -437,32 +500,71 @@ class ProfileValidator:
             self._element(run, slice_node, value, type_code, where, real)
 
     def _matches(
-        self, run: _Run, slice_node: Node, slicing: Slicing, value: Any, code: str | None
-    ) -> bool:
+        self,
+        run: _Run,
+        slice_node: Node,
+        slicing: Slicing,
+        value: Any,
+        code: str | None,
+        where: str,
+    ) -> bool | _Unavailable:
+        """Whether the value belongs to the slice; _Unavailable when that depends on reference
+        targets the validator does not have."""
         if not slicing.discriminators:
-            return self._conforms(run, slice_node, value, code)
+            return self._conforms(run, slice_node, value, code, where)
+        undecided = False
+        unavailable: _Unavailable | None = None
         for kind, path in slicing.discriminators:
-            verdict = self._discriminate(run, slice_node, kind, path, value, code)
-            if verdict is None:
-                return self._conforms(run, slice_node, value, code)
-            if not verdict:
+            verdict = self._discriminate(run, slice_node, kind, path, value, code, where)
+            if verdict is False:
                 return False
+            if isinstance(verdict, _Unavailable):
+                unavailable = verdict
+            elif verdict is None:
+                undecided = True
+        if unavailable is not None:
+            return unavailable
+        if undecided:
+            return self._conforms(run, slice_node, value, code, where)
         return True
 
-    def _conforms(self, run: _Run, node: Node, value: Any, code: str | None) -> bool:
+    def _conforms(self, run: _Run, node: Node, value: Any, code: str | None, where: str) -> bool:
         sub = _Run(run.root, run.label, False)
-        self._element(sub, node, value, code, "x", "x")
+        self._element(sub, node, value, code, where, where)
         return not any(i.severity in ("error", "fatal") for i in sub.issues)
 
     def _discriminate(
-        self, run: _Run, slice_node: Node, kind: str, path: str, value: Any, code: str | None
-    ) -> bool | None:
-        """Whether the value belongs to the slice by one discriminator; None: cannot tell."""
-        segments = list(_SEGMENT.finditer(path))
+        self,
+        run: _Run,
+        slice_node: Node,
+        kind: str,
+        path: str,
+        value: Any,
+        code: str | None,
+        where: str,
+    ) -> bool | _Unavailable | None:
+        """Whether the value belongs to the slice by one discriminator; None: the discriminator
+        cannot tell (the caller checks the whole slice); _Unavailable: a reference target that
+        resolve() needs is not available."""
+        segments, resolves = _path_segments(path)
+        if resolves:
+            return self._discriminate_resolved(run, slice_node, kind, segments, value, code, where)
         targets = self._instance_at(value, code, segments)
         node = self._node_at(slice_node, segments)
-        if targets is None or node is None:
+        if node is None:
             return None
+        return self._verdict_on(run, node, kind, segments, targets, where)
+
+    def _verdict_on(
+        self,
+        run: _Run,
+        node: Node,
+        kind: str,
+        segments: list[re.Match[str]],
+        targets: list[tuple[Any, str | None]],
+        where: str,
+    ) -> bool | None:
+        """One discriminator: the instance values at its path against the slice's node there."""
         if kind in ("value", "pattern"):
             if node.fixed is not None:
                 return any(v == node.fixed for v, _ in targets)
@@ -483,7 +585,7 @@ class ProfileValidator:
                 if profile is None:
                     return None
                 for v, c in targets:
-                    if self._conforms(run, profile.root, v, _fhir_type(v, c)):
+                    if self._conforms(run, profile.root, v, _fhir_type(v, c), where):
                         return True
             return False
         if kind == "exists":
@@ -494,17 +596,103 @@ class ProfileValidator:
             return None
         return None
 
+    def _discriminate_resolved(
+        self,
+        run: _Run,
+        slice_node: Node,
+        kind: str,
+        segments: list[re.Match[str]],
+        value: Any,
+        code: str | None,
+        where: str,
+    ) -> bool | _Unavailable | None:
+        """A discriminator whose path goes through resolve(): each hop follows the references to
+        their targets (contained resources, entries of the same Bundle); on the slice's side, to
+        the roots of its target profiles. A target that is not available makes the verdict
+        _Unavailable unless another target already decides it (for `type` with resolve() last,
+        the type a reference names — `Patient/1`, `Reference.type` — is enough)."""
+        groups: list[list[re.Match[str]]] = [[]]
+        for m in segments:
+            if m.group(0) == "resolve()":
+                groups.append([])
+            else:
+                groups[-1].append(m)
+        # (value, its type code, where it is, the type of the resource it was reached in)
+        items: list[tuple[Any, str | None, str, str | None]] = [
+            (v, c, where, None) for v, c in self._instance_at(value, code, groups[0])
+        ]
+        first = self._node_at(slice_node, _to_reference(groups[0]))
+        nodes: list[tuple[str | None, Node]] = [] if first is None else [(None, first)]
+        missing: list[str] = []
+        named_types: list[str] = []
+        for hop, group in enumerate(groups[1:], start=1):
+            last_hop = hop == len(groups) - 1
+            targets: list[tuple[Any, str | None, str, str | None]] = []
+            for v, _, location, _ in items:
+                ref = v.get("reference") if isinstance(v, dict) else v
+                found = resolve_reference(run.root, location, ref) if isinstance(ref, str) else None
+                if found is not None:
+                    resource, at = found
+                    type_ = resource["resourceType"]
+                    targets += [
+                        (x, c, at, type_) for x, c in self._instance_at(resource, type_, group)
+                    ]
+                    continue
+                named = reference_type(v) if last_hop and not group else None
+                if kind == "type" and named is not None:
+                    named_types.append(named)
+                else:
+                    missing.append(ref if isinstance(ref, str) else "(no reference)")
+            items = targets
+            roots: list[tuple[str | None, Node]] = []
+            for _, n in nodes:
+                for url in dict.fromkeys(p for t in n.types for p in t.target_profiles):
+                    profile = self.compiled(url)
+                    if profile is None:
+                        continue
+                    following = group if last_hop else _to_reference(group)
+                    found_node = self._node_at(profile.root, following)
+                    if found_node is not None:
+                        roots.append((profile.type, found_node))
+            nodes = roots
+        if not nodes:
+            return None
+        decided: list[bool | None] = []
+        if kind == "type" and not groups[-1]:
+            allowed = {t for t, _ in nodes if t}
+            checked = [_fhir_type(v, c) for v, c, _, _ in items] + named_types
+            decided.append(any(t in allowed for t in checked) if checked else False)
+        elif kind == "profile" and not groups[-1]:
+            ok = any(
+                self._conforms(run, n, v, _fhir_type(v, c), at)
+                for t, n in nodes
+                for v, c, at, _ in items
+                if t in (_fhir_type(v, c), "Resource")
+            )
+            decided.append(ok)
+        else:
+            for t, n in nodes:
+                mine = [(v, c) for v, c, _, r in items if t in (r, "Resource")]
+                decided.append(self._verdict_on(run, n, kind, groups[-1], mine, where))
+        if any(d is True for d in decided):
+            return True
+        if missing:
+            return _Unavailable(tuple(missing))
+        if any(d is None for d in decided):
+            return None
+        return False
+
     @staticmethod
     def _instance_at(
         value: Any, code: str | None, segments: list[re.Match[str]]
-    ) -> list[tuple[Any, str | None]] | None:
+    ) -> list[tuple[Any, str | None]]:
         items: list[tuple[Any, str | None]] = [(value, code)]
         for m in segments:
             token = m.group(0)
             if token == "$this":
                 continue
-            if token == "resolve()":
-                return None
+            if token == "resolve()":  # handled by _discriminate_resolved
+                return []
             if m.group(2):  # ofType(X)
                 items = [(v, c) for v, c in items if _fhir_type(v, c) == m.group(2)]
                 continue
@@ -683,8 +871,16 @@ class ProfileValidator:
             )
 
     def _extension(
-        self, run: _Run, ext: Any, expr: str, real: str, context_type: str | None, kind: str
+        self,
+        run: _Run,
+        ext: Any,
+        expr: str,
+        real: str,
+        context_type: str | None,
+        kind: str,
+        holder: str,
     ) -> None:
+        """Check one extension at `expr`, on the element at location `holder` (path `real`)."""
         if not isinstance(ext, dict) or not isinstance(ext.get("url"), str):
             return
         url = ext["url"]
@@ -695,31 +891,31 @@ class ProfileValidator:
             severity = "error" if kind == "modifierExtension" else "warning"
             run.add(severity, "extension", expr, None, f"unknown extension {url}")
             return
-        if profile.contexts and not _context_ok(profile.contexts, real, context_type):
-            allowed = ", ".join(e for _, e in profile.contexts)
-            run.add(
-                "error",
-                "extension",
-                expr,
-                None,
-                f"extension {url} is not allowed on {real} (contexts: {allowed})",
-            )
+        if profile.contexts:
+            verdict = context_verdict(profile.contexts, real, context_type, run.root, holder)
+            if verdict is not True:
+                allowed = describe(profile.contexts)
+                if verdict is False:
+                    run.add(
+                        "error",
+                        "extension",
+                        expr,
+                        None,
+                        f"extension {url} is not allowed on {holder} ({real}); "
+                        f"its contexts: {allowed}",
+                    )
+                else:
+                    run.add(
+                        "information",
+                        "informational",
+                        expr,
+                        None,
+                        f"cannot check whether extension {url} is allowed on {holder} ({real}); "
+                        f"its contexts: {allowed}",
+                    )
         sub = _Run(run.root, url, False)
         self._element(sub, profile.root, ext, "Extension", expr, real)
         run.issues += sub.issues
-
-
-def _context_ok(contexts: tuple[tuple[str, str], ...], real: str, type_code: str | None) -> bool:
-    bare = real.replace("[x]", "")
-    for kind, expression in contexts:
-        if kind != "element":
-            return True  # fhirpath and extension contexts: not checked
-        expression = expression.replace("[x]", "")
-        if expression in ANY_CONTEXT or expression in (bare, type_code):
-            return True
-        if bare.startswith(expression + "."):
-            continue
-    return False
 
 
 _FAILED: set[str] = set()
@@ -742,6 +938,21 @@ def _native(key: str, value: Any) -> bool:
     if key in ("txt-1", "txt-2") and isinstance(value, str):
         return html_checks(value)[key == "txt-2"]
     return True
+
+
+@cache
+def _path_segments(path: str) -> tuple[list[re.Match[str]], bool]:
+    """A discriminator path's steps, and whether one of them is resolve() (once per path)."""
+    segments = list(_SEGMENT.finditer(path))
+    return segments, any(m.group(0) == "resolve()" for m in segments)
+
+
+def _to_reference(segments: list[re.Match[str]]) -> list[re.Match[str]]:
+    """The path to the Reference element whose target profiles a resolve() follows
+    (`item.reference.resolve()`: `item`)."""
+    if segments and segments[-1].group(0) == "reference":
+        return segments[:-1]
+    return segments
 
 
 def _show(value: Any) -> str:
