@@ -2,10 +2,12 @@
 
 - `check_json_shape` (cached per-type shapes, a shortcut for well-formed single primitives) is
   compared with the reference walk below — the implementation it replaced, verbatim in
-  behaviour — on every Synthea resource, on systematic mutations of them (wrong JSON types,
-  null, empty and blank values, arrays for singles, unknown and `_` keys, required elements
-  removed) and on the odd bodies of tests/api/test_errors.py. `validate_structure` on top of
-  it must raise the same issues, in the same order.
+  behaviour, plus the R4 checks that replaced the R4B models, written plainly — on every
+  Synthea resource, on systematic mutations of them (wrong JSON types, null, empty and blank
+  values, arrays for singles, unknown and `_` keys, required elements removed, malformed
+  values of every primitive type, second choice types: tests/validation/fixtures/mutations.py)
+  and on the odd bodies of tests/api/test_errors.py. `validate_structure` on top of it must
+  raise the same issues, in the same order.
 - SQLite buffers a transaction's index rows until something reads the index tables: searches
   inside the transaction, replacing a resource twice in it, and a rollback still behave as
   when every row was inserted at once.
@@ -14,7 +16,12 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import datetime
+import math
 import random
+import re
+import string
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +44,15 @@ from fhir_server.store.sqlite import SqliteStore
 from fhir_server.validation import structure
 from fhir_server.validation.json_shape import check_json_shape
 from tests.api.test_errors import ODD_BODIES
+from tests.validation.test_pydantic_equivalence import fixtures
+from tests.validation.test_pydantic_equivalence import mutated as mutated_cases
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "synthea-r4"
 
-# --- the reference walk (the implementation before issue 4) --------------------------------
+# --- the reference walk (the implementation before issue 4, plus the R4 checks that took over
+# from the R4B models: Resource.id an id; `_name` only for primitives that are no XML
+# attribute, shaped like them, holding an Element; `resourceType` only in resources; one type
+# per choice element; integer ranges, finite decimals, dates that exist, base64) -------------
 
 _JSON_TYPES: dict[Kind, tuple[type, ...]] = {
     Kind.BOOLEAN: (bool,), Kind.INTEGER: (int,), Kind.DECIMAL: (int, float),
@@ -50,6 +62,9 @@ _JSON_NAMES = {
     Kind.BOOLEAN: "a JSON boolean", Kind.INTEGER: "a JSON integer", Kind.DECIMAL: "a JSON number",
     Kind.STRING: "a JSON string", Kind.XHTML: "a JSON string",
 }
+_BASE64_ALPHABET = frozenset(string.ascii_letters + string.digits + "+/")
+_RANGES = {"integer": (-(2**31), 2**31 - 1), "unsignedInt": (0, 2**31 - 1),
+           "positiveInt": (1, 2**31 - 1)}
 
 
 def reference_shape(resource: dict[str, Any]) -> list[Issue]:
@@ -74,25 +89,44 @@ def _resource(value: Any, path: str, issues: list[Issue]) -> None:
     _object(value, type_, type_ if path == type_ else path, issues)
 
 
-def _object(value: dict[str, Any], type_name: str, path: str, issues: list[Issue]) -> None:
+def _properties(type_name: str) -> dict[str, Property] | None:
+    if type_name == "Element":
+        extension = type_definition("Extension").properties
+        return {"id": extension["id"], "extension": extension["extension"]}
     try:
-        properties = type_definition(type_name).properties
+        properties = dict(type_definition(type_name).properties)
     except KeyError:
+        return None
+    if type_name in R4_RESOURCE_TYPES and "id" in properties:
+        properties["id"] = dataclasses.replace(properties["id"], type="id")
+    return properties
+
+
+def _object(value: dict[str, Any], type_name: str, path: str, issues: list[Issue]) -> None:
+    properties = _properties(type_name)
+    if properties is None:
         return
     if not value:
         _issue(issues, "structure", path, "must not be an empty object")
+    chosen: dict[str, str] = {}
     for key, item in value.items():
-        if key == "resourceType":
-            continue
-        prop = properties.get(key.removeprefix("_"))
         where = f"{path}.{key}"
-        if prop is None:
+        prop = properties.get(key.removeprefix("_"))
+        if key == "resourceType" and type_name in R4_RESOURCE_TYPES:
+            continue
+        if prop is None or (key.startswith("_") and (prop.kind not in _JSON_TYPES
+                                                     or prop.xml_attr)):
             _issue(issues, "structure", where, f"unknown element '{key}'")
             continue
         if key.startswith("_"):
             _companion(item, prop, where, issues)
         else:
             _property(item, prop, where, issues, companion=value.get("_" + key))
+        if prop.element.endswith("[x]"):
+            name = key.removeprefix("_")
+            if chosen.setdefault(prop.element, name) != name:
+                _issue(issues, "structure", where,
+                       f"only one type of {prop.element} is allowed (also {chosen[prop.element]})")
     groups: dict[str, list[str]] = {}
     for prop in properties.values():
         if prop.mandatory:
@@ -139,9 +173,26 @@ def _value(item: Any, prop: Property, path: str, issues: list[Issue]) -> None:
             _issue(issues, "value", path, "must not be empty or only whitespace")
         elif isinstance(item, str) and not _well_formed(item, prop.type):
             _issue(issues, "value", path, f"{_show(item)} is not a valid {prop.type}")
+        elif prop.kind == Kind.INTEGER and not (
+                _RANGES[prop.type][0] <= item <= _RANGES[prop.type][1]):
+            low, high = _RANGES[prop.type]
+            _issue(issues, "value", path, f"{item} is not a valid {prop.type} ({low}..{high})")
+        elif isinstance(item, float) and not math.isfinite(item):
+            _issue(issues, "value", path, f"{item} is not a valid {prop.type} (a finite number)")
 
 
 def _companion(item: Any, prop: Property, path: str, issues: list[Issue]) -> None:
+    if prop.array and not isinstance(item, list):
+        _issue(issues, "structure", path, "must be a JSON array")
+        return
+    if not prop.array and isinstance(item, list):
+        _issue(issues, "structure", path, "must be a single value, not an array")
+        return
+    if item is None:
+        _issue(issues, "structure", path, "must not be null")
+        return
+    if item == []:
+        _issue(issues, "structure", path, "must not be an empty array")
     items = item if isinstance(item, list) else [item]
     for index, element in enumerate(items):
         where = f"{path}[{index}]" if isinstance(item, list) else path
@@ -243,6 +294,20 @@ def test_json_shape_same_issues_on_synthea_and_mutations() -> None:
         assert _key(got) == _key(reference_shape(mutated)), mutated
         rejected += bool(got)
     assert rejected > 3000  # the mutations do exercise the error paths
+
+
+def test_json_shape_same_issues_on_typed_mutations() -> None:
+    """The typed mutations (every primitive type malformed, choices, companions, contained
+    resources...) of the repository's fixtures and of a sample of Synthea."""
+    named = fixtures()
+    if SAMPLES.is_dir():
+        named += [(f"synthea {i}", r) for i, r in enumerate(synthea()[::5])]
+    rejected = 0
+    for name, mutated in mutated_cases(named, {"*": 12}):
+        got = check_json_shape(mutated)
+        assert _key(got) == _key(reference_shape(mutated)), name
+        rejected += bool(got)
+    assert rejected > 2000
 
 
 @pytest.mark.parametrize("body", ODD_BODIES, ids=[str(i) for i in range(len(ODD_BODIES))])
@@ -360,9 +425,23 @@ def test_new_ids_are_time_ordered_uuid7() -> None:
 
 
 def _well_formed(text: str, type_code: str) -> bool:
-    """The value matches its primitive type's format (date, id, uri, ...; see definitions)."""
+    """The value matches its primitive type's format (date, id, uri, ...; see definitions), its
+    date exists, its base64 decodes."""
     pattern = primitive_pattern(type_code)
-    return pattern is None or pattern.fullmatch(text) is not None
+    if pattern is not None and pattern.fullmatch(text) is None:
+        return False
+    if type_code in ("date", "dateTime", "instant") and len(text) >= 10:
+        try:
+            datetime.date(int(text[:4]), int(text[5:7]), int(text[8:10]))
+        except ValueError:
+            return False
+    if type_code == "base64Binary":  # RFC 4648, spaces and line breaks aside
+        compact = re.sub(r"[ \t\r\n]", "", text)
+        data = compact.rstrip("=")
+        padding = len(compact) - len(data)
+        return (compact != "" and len(compact) % 4 == 0 and padding <= 2
+                and all(c in _BASE64_ALPHABET for c in data))
+    return True
 
 
 def _show(text: str) -> str:
