@@ -21,6 +21,9 @@ resolve() has no data to resolve against here, so it is refused (ValueError) any
 The first name of a path may be the context's type (`Observation.code`), Resource or
 DomainResource (`Resource.meta.tag`, any resource), or another resource type (never matches).
 
+Expressions are parsed by the validation's FHIRPath parser (fhir_server.validation.fhirpath.parser,
+the whole grammar); this compiler takes the subset above from its syntax tree.
+
 Anything else (custom SearchParameters) is evaluated by fhirpathpy with the R4 model. Its results
 are typed by the node type fhirpathpy derives from the model when it has one; otherwise by shape:
 bool -> boolean, int -> integer, float/Decimal -> decimal, a string that looks like a date or
@@ -42,6 +45,18 @@ from fhirpathpy.engine.nodes import FP_Quantity, FP_TimeBase, ResourceNode
 from fhirpathpy.models import models
 
 from fhir_server.definitions import R4_RESOURCE_TYPES, type_definition
+from fhir_server.validation.fhirpath.parser import (
+    Binary,
+    Call,
+    Index,
+    Literal,
+    Name,
+    Node,
+    TypeOp,
+    Unsupported,
+    Var,
+    parse,
+)
 
 __all__ = ["Evaluator", "Value", "compile_expression"]
 
@@ -74,9 +89,9 @@ def compile_expression(expression: str, resource_type: str) -> Evaluator:
     dynamic = resource_type in GENERIC_TYPES
     try:
         fn, _ = _compile(
-            _Parser(expression).parse(), None if dynamic else frozenset((resource_type,))
+            parse(expression), None if dynamic else frozenset((resource_type,))
         )
-    except _Unsupported:
+    except Unsupported:
         return _fallback(expression, resource_type)
 
     def evaluate(node: dict[str, Any], resource: dict[str, Any] | None = None) -> list[Value]:
@@ -180,270 +195,64 @@ def _elements(type_name: str) -> dict[str, Candidates]:
     return {name: tuple(candidates) for name, candidates in out.items()}
 
 
-# ---------------------------------------------------------------------------- parsing
-
-
-class _Unsupported(Exception):
-    """Valid FHIRPath outside the compiled subset."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Name:
-    """A path step (or a type name at the start of a path); `on` None: the focus."""
-
-    on: _Node | None
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Call:
-    on: _Node | None
-    function: str
-    args: tuple[_Node, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class _Index:
-    on: _Node
-    index: int
-
-
-@dataclass(frozen=True, slots=True)
-class _TypeOp:
-    on: _Node
-    operator: str  # "as" | "is"
-    type_name: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Binary:
-    operator: str  # "|" | "=" | "!=" | "and"
-    left: _Node
-    right: _Node
-
-
-@dataclass(frozen=True, slots=True)
-class _Literal:
-    value: str | bool | int | float
-
-
-@dataclass(frozen=True, slots=True)
-class _Variable:
-    name: str
-
-
-_Node = _Name | _Call | _Index | _TypeOp | _Binary | _Literal | _Variable
-
-_TOKEN = re.compile(
-    r"\s*(?:(?P<string>'(?:[^'\\]|\\.)*')|(?P<number>\d+(?:\.\d+)?)"
-    r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*|`[^`]+`)|(?P<variable>%[A-Za-z_][A-Za-z0-9_]*)"
-    r"|(?P<op>!=|[|=().\[\],]))"
-)
-_FUNCTIONS = frozenset(("where", "exists", "as", "ofType", "resolve"))
-_VARIABLES = frozenset(("%resource", "%rootResource"))
-
-
-class _Parser:
-    """Recursive descent over the subset, with FHIRPath precedence: `.`/`[]` > is/as > `|` >
-    `=`/`!=` > and. Raises _Unsupported for what it does not know, ValueError for what is
-    malformed in any FHIRPath."""
-
-    def __init__(self, expression: str) -> None:
-        self.expression = expression
-        self.tokens: list[tuple[str, str]] = []
-        pos = 0
-        text = expression.rstrip()
-        while pos < len(text):
-            match = _TOKEN.match(text, pos)
-            if match is None:
-                raise _Unsupported(text[pos:])
-            kind = match.lastgroup
-            assert kind is not None
-            self.tokens.append((kind, match.group(kind)))
-            pos = match.end()
-        self.pos = 0
-
-    def error(self, message: str) -> ValueError:
-        return ValueError(f"invalid FHIRPath {self.expression!r}: {message}")
-
-    def peek(self) -> tuple[str, str] | None:
-        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
-
-    def take(self, value: str | None = None) -> tuple[str, str]:
-        token = self.peek()
-        if token is None:
-            raise self.error("unexpected end" + (f", expected {value!r}" if value else ""))
-        if value is not None and token[1] != value:
-            raise self.error(f"expected {value!r}, found {token[1]!r}")
-        self.pos += 1
-        return token
-
-    def at(self, value: str) -> bool:
-        token = self.peek()
-        return token is not None and token[1] == value
-
-    def parse(self) -> _Node:
-        node = self.parse_and()
-        if self.peek() is not None:
-            token = self.peek()
-            assert token is not None
-            if token[1] in ")],":
-                raise self.error(f"unexpected {token[1]!r}")
-            raise _Unsupported(token[1])
-        return node
-
-    def parse_and(self) -> _Node:
-        node = self.parse_equality()
-        while self.at("and"):
-            self.take()
-            node = _Binary("and", node, self.parse_equality())
-        return node
-
-    def parse_equality(self) -> _Node:
-        node = self.parse_union()
-        if self.at("=") or self.at("!="):
-            operator = self.take()[1]
-            node = _Binary(operator, node, self.parse_union())
-        return node
-
-    def parse_union(self) -> _Node:
-        node = self.parse_type_operation()
-        while self.at("|"):
-            self.take()
-            node = _Binary("|", node, self.parse_type_operation())
-        return node
-
-    def parse_type_operation(self) -> _Node:
-        node = self.parse_postfix()
-        while self.at("as") or self.at("is"):
-            operator = self.take()[1]
-            node = _TypeOp(node, operator, self.parse_type_name())
-        return node
-
-    def parse_type_name(self) -> str:
-        kind, name = self.take()
-        if kind != "name":
-            raise self.error(f"expected a type name, found {name!r}")
-        if self.at("."):
-            self.take()
-            name = f"{name}.{self.take()[1]}"
-        return _type_name(name.strip("`"))
-
-    def parse_postfix(self) -> _Node:
-        node = self.parse_primary()
-        while True:
-            if self.at("."):
-                self.take()
-                kind, name = self.take()
-                if kind != "name":
-                    raise self.error(f"expected a name after '.', found {name!r}")
-                node = self.parse_invocation(node, name.strip("`"))
-            elif self.at("["):
-                self.take()
-                kind, number = self.take()
-                if kind != "number" or "." in number:
-                    raise _Unsupported(number)
-                self.take("]")
-                node = _Index(node, int(number))
-            else:
-                return node
-
-    def parse_invocation(self, on: _Node | None, name: str) -> _Node:
-        if not self.at("("):
-            return _Name(on, name)
-        if name not in _FUNCTIONS:
-            raise _Unsupported(name)
-        self.take("(")
-        args: list[_Node] = []
-        if name in ("as", "ofType"):
-            args.append(_Literal(self.parse_type_name()))
-        elif not self.at(")"):
-            args.append(self.parse_and())
-            while self.at(","):
-                self.take()
-                args.append(self.parse_and())
-        self.take(")")
-        return _Call(on, name, tuple(args))
-
-    def parse_primary(self) -> _Node:
-        kind, value = self.take()
-        if value == "(":
-            node = self.parse_and()
-            self.take(")")
-            return node
-        if kind == "string":
-            return _Literal(re.sub(r"\\(.)", r"\1", value[1:-1]))
-        if kind == "number":
-            return _Literal(float(value) if "." in value else int(value))
-        if kind == "variable":
-            if value not in _VARIABLES:
-                raise _Unsupported(value)
-            return _Variable(value)
-        if kind == "name":
-            if value in ("true", "false"):
-                return _Literal(value == "true")
-            return self.parse_invocation(None, value.strip("`"))
-        raise self.error(f"unexpected {value!r}")
-
-
 # ---------------------------------------------------------------------------- compiling
 
 
-def _compile(node: _Node, types: Types) -> tuple[Fn, Types]:
+def _compile(node: Node, types: Types) -> tuple[Fn, Types]:
     """Compile `node` for focus items of `types`; returns the function and its result types."""
     match node:
-        case _Name(on=None, name=name) if _is_type_filter(name, types):
+        case Name(on=None, name=name) if _is_type_filter(name, types):
             return _type_filter(_identity, types, _accepted(name))
-        case _Name(on=on, name=name):
+        case Name(on=on, name=name):
             source, source_types = _compile_on(on, types)
             return _step(source, source_types, name)
-        case _Call(on=on, function="where", args=(criteria,)):
+        case Call(on=on, function="where", args=(criteria,)):
             source, source_types = _compile_on(on, types)
             return _where(source, source_types, criteria), source_types
-        case _Call(on=on, function="exists", args=()):
+        case Call(on=on, function="exists", args=()):
             source, _ = _compile_on(on, types)
             return _exists(source), frozenset(("boolean",))
-        case _Call(on=on, function="as" | "ofType", args=(_Literal(value=str(type_name)),)):
-            return _compile_as(on, types, type_name)
-        case _TypeOp(on=on, operator="as", type_name=type_name):
-            return _compile_as(on, types, type_name)
-        case _TypeOp(on=_Call(function="resolve"), operator="is"):
+        case Call(on=on, function="as" | "ofType", args=(Literal(value=str(type_name)),)):
+            return _compile_as(on, types, _type_name(type_name))
+        case TypeOp(on=on, operator="as", type_name=type_name):
+            return _compile_as(on, types, _type_name(type_name))
+        case TypeOp(on=Call(function="resolve"), operator="is"):
             raise ValueError("resolve() is only supported in where(resolve() is Type)")
-        case _TypeOp(on=on, operator="is", type_name=type_name):
+        case TypeOp(on=on, operator="is", type_name=type_name):
             source, _ = _compile(on, types)
-            return _is(source, type_name), frozenset(("boolean",))
-        case _Index(on=on, index=index):
+            return _is(source, _type_name(type_name)), frozenset(("boolean",))
+        case Index(on=on, index=Literal(value=int(index))) if not isinstance(index, bool):
             source, source_types = _compile(on, types)
             return _index(source, index), source_types
-        case _Binary(operator="|"):
+        case Binary(operator="|"):
             return _union(node, types)
-        case _Binary(operator="=" | "!=" as operator, left=left, right=right):
+        case Binary(operator="=" | "!=" as operator, left=left, right=right):
             left_fn, _ = _compile(left, types)
             right_fn, _ = _compile(right, types)
             return _equality(left_fn, right_fn, operator == "!="), frozenset(("boolean",))
-        case _Binary(operator="and", left=left, right=right):
+        case Binary(operator="and", left=left, right=right):
             left_fn, _ = _compile(left, types)
             right_fn, _ = _compile(right, types)
             return _and(left_fn, right_fn), frozenset(("boolean",))
-        case _Literal(value=value):
+        case Literal(value=value):
             literal = [(value, _literal_type(value))]
             return (lambda items, root: literal), frozenset((literal[0][1],))
-        case _Variable():
+        case Var(name="%resource" | "%rootResource"):
             return _root, None
-        case _Call(function="resolve"):
+        case Call(function="resolve"):
             raise ValueError("resolve() is only supported in where(resolve() is Type)")
-    raise _Unsupported(repr(node))
+    raise Unsupported(repr(node))
 
 
-def _compile_as(on: _Node | None, types: Types, type_name: str) -> tuple[Fn, Types]:
-    if isinstance(on, _Name) and not (on.on is None and _is_type_filter(on.name, types)):
+def _compile_as(on: Node | None, types: Types, type_name: str) -> tuple[Fn, Types]:
+    if isinstance(on, Name) and not (on.on is None and _is_type_filter(on.name, types)):
         source, source_types = _compile_on(on.on, types)
         return _step(source, source_types, on.name, _accepted(type_name))
     source, source_types = _compile_on(on, types)
     return _type_filter(source, source_types, _accepted(type_name))
 
 
-def _compile_on(on: _Node | None, types: Types) -> tuple[Fn, Types]:
+def _compile_on(on: Node | None, types: Types) -> tuple[Fn, Types]:
     return (_identity, types) if on is None else _compile(on, types)
 
 
@@ -597,15 +406,15 @@ def _exists(source: Fn) -> Fn:
     return exists
 
 
-def _flatten_union(node: _Node) -> Iterable[_Node]:
-    if isinstance(node, _Binary) and node.operator == "|":
+def _flatten_union(node: Node) -> Iterable[Node]:
+    if isinstance(node, Binary) and node.operator == "|":
         yield from _flatten_union(node.left)
         yield from _flatten_union(node.right)
     else:
         yield node
 
 
-def _union(node: _Binary, types: Types) -> tuple[Fn, Types]:
+def _union(node: Binary, types: Types) -> tuple[Fn, Types]:
     compiled = [_compile(term, types) for term in _flatten_union(node)]
     fns = [fn for fn, _ in compiled]
     out_types: set[str] | None = set()
@@ -673,11 +482,11 @@ def _and(left: Fn, right: Fn) -> Fn:
     return and_
 
 
-def _where(source: Fn, types: Types, criteria: _Node) -> Fn:
+def _where(source: Fn, types: Types, criteria: Node) -> Fn:
     match criteria:
-        case _TypeOp(on=_Call(on=None, function="resolve", args=()), operator="is"):
-            return _where_resolves_to(source, criteria.type_name)
-        case _Binary(operator="=", left=_Name(on=None, name=name), right=_Literal(value=literal)):
+        case TypeOp(on=Call(on=None, function="resolve", args=()), operator="is"):
+            return _where_resolves_to(source, _type_name(criteria.type_name))
+        case Binary(operator="=", left=Name(on=None, name=name), right=Literal(value=literal)):
             simple = _single_primitive(types, name)
             if simple is not None:
                 return _where_property_equals(source, simple, literal)

@@ -300,7 +300,7 @@ def test_every_r4_expression_compiles_without_fallback() -> None:
     from fhir_server.search import fhirpath
 
     def compile_strictly(expression: str, types: frozenset[str] | None) -> frozenset[str] | None:
-        _, result_types = fhirpath._compile(fhirpath._Parser(expression).parse(), types)
+        _, result_types = fhirpath._compile(fhirpath.parse(expression), types)
         return result_types
 
     # Every definition, including those a type does not offer (most of AuditEvent's).
