@@ -541,12 +541,37 @@ async def _get(ctx: RequestContext, e: Entry) -> Result:
 
 
 async def batch_entry(ctx: RequestContext, index: int, raw: Any) -> Result:
-    """One batch entry on its own: whatever happens, a Result with its status (and its own
-    audit record: a batch entry whose record cannot be stored fails with 503)."""
-    if ctx.audit is None:
-        return await _batch_entry(ctx, index, raw)
-    scope = ctx.audit.entry(shared=False)
-    result = await _batch_entry(replace(ctx, audit=scope), index, raw)
+    """One batch entry on its own: whatever happens, a Result with its status, and its own
+    audit record (an entry whose record cannot be stored fails with 503)."""
+    scope = None if ctx.audit is None else ctx.audit.entry(shared=False)
+    if scope is not None:
+        ctx = replace(ctx, audit=scope)
+    e: Entry | None = None
+    failure: errors.FhirError | None = None
+    try:
+        e = parse_entry(ctx, index, raw)
+        result = await _batch_execute(ctx, e)
+    except errors.FhirError as exc:
+        failure = exc if e is None else entry_error(e, exc)
+    except StorageError as exc:
+        assert e is not None
+        failure = storage_error(e, exc)
+    if failure is not None:
+        result = Result(failure.status, outcome=failure.outcome())
+    if scope is None:
+        return result
+    subtype = _raw_subtype(ctx, raw) if e is None else request_subtype(e.method, e.parts)
+    if subtype in QUERIED and e is not None:
+        scope.query = e.url
+    try:
+        await scope.finish(subtype, result.status, str(failure) if failure else None)
+    except errors.FhirError as exc:
+        return Result(exc.status, outcome=exc.outcome())
+    return result
+
+
+def _raw_subtype(ctx: RequestContext, raw: Any) -> str:
+    """What an entry that could not be parsed asked for, as far as its request tells."""
     request = raw.get("request") if isinstance(raw, dict) else None
     method = request.get("method") if isinstance(request, dict) else None
     url = request.get("url") if isinstance(request, dict) else None
@@ -554,40 +579,7 @@ async def batch_entry(ctx: RequestContext, index: int, raw: Any) -> Result:
         parts = _split_url(ctx, url)[0] if isinstance(url, str) else []
     except errors.FhirError:
         parts = []
-    subtype = request_subtype(method if isinstance(method, str) else "GET", parts)
-    if subtype in QUERIED and isinstance(url, str):
-        scope.query = url
-    try:
-        await scope.finish(subtype, result.status, failure_text(result.outcome))
-    except errors.FhirError as exc:
-        return Result(exc.status, outcome=exc.outcome())
-    return result
-
-
-def failure_text(outcome: Resource | None) -> str | None:
-    """The diagnostics of an error OperationOutcome, for the audit record."""
-    if outcome is None:
-        return None
-    texts = [
-        str(i.get("diagnostics") or i.get("details", {}).get("text") or i.get("code"))
-        for i in outcome.get("issue") or ()
-        if i.get("severity") in ("error", "fatal")
-    ]
-    return "; ".join(texts) or None
-
-
-async def _batch_entry(ctx: RequestContext, index: int, raw: Any) -> Result:
-    try:
-        e = parse_entry(ctx, index, raw)
-    except errors.FhirError as exc:
-        return Result(exc.status, outcome=exc.outcome())
-    try:
-        return await _batch_execute(ctx, e)
-    except errors.FhirError as exc:
-        return Result(exc.status, outcome=entry_error(e, exc).outcome())
-    except StorageError as exc:
-        failed = storage_error(e, exc)
-        return Result(failed.status, outcome=failed.outcome())
+    return request_subtype(method if isinstance(method, str) else "GET", parts)
 
 
 async def _batch_execute(ctx: RequestContext, e: Entry) -> Result:

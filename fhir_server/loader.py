@@ -25,6 +25,7 @@ from fhir_server.audit.events import Agent
 from fhir_server.audit.trail import AuditTrail
 from fhir_server.config import Settings
 from fhir_server.context import RequestContext
+from fhir_server.interactions import WriteResult
 from fhir_server.search.registry import Registry
 from fhir_server.store.base import Store
 from fhir_server.validation.conformance import Conformance
@@ -41,6 +42,14 @@ class LoadSummary:
     @property
     def failed(self) -> int:
         return len(self.failures)
+
+    def count(self, write: WriteResult) -> None:
+        if not write.changed:
+            self.unchanged += 1
+        elif write.created:
+            self.created += 1
+        else:
+            self.updated += 1
 
     def __str__(self) -> str:
         return (f"{self.created} created, {self.updated} updated, {self.unchanged} unchanged, "
@@ -120,13 +129,7 @@ async def load_item(ctx: RequestContext, item: Item, summary: LoadSummary) -> No
             await interactions.create(ctx, type_, resource)
             summary.created += 1
         else:
-            result = await interactions.update(ctx, type_, str(id_), resource)
-            if not result.changed:
-                summary.unchanged += 1
-            elif result.created:
-                summary.created += 1
-            else:
-                summary.updated += 1
+            summary.count(await interactions.update(ctx, type_, str(id_), resource))
     except errors.FhirError as exc:
         summary.failures.append(f"{item.where}: {exc}")
 
@@ -168,14 +171,8 @@ async def load_bundle(
             summary.failures.append(f"{path}#entry[{index}]: {text}")
         elif result.deleted:
             summary.deleted += result.deleted
-        elif write is None:
-            continue
-        elif not write.changed:
-            summary.unchanged += 1
-        elif write.created:
-            summary.created += 1
-        else:
-            summary.updated += 1
+        elif write is not None:
+            summary.count(write)
 
 
 async def load_paths(

@@ -39,7 +39,7 @@ import functools
 import gzip
 import re
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -164,29 +164,24 @@ class _CodeSystem:
         return concept
 
     def descendants(self, code: str) -> list[str]:
-        out: list[str] = []
-        seen = {code}
-        stack = list(reversed(self.concepts[code].children)) if code in self.concepts else []
-        while stack:
-            current = stack.pop()
-            if current in seen:
-                continue
-            seen.add(current)
-            out.append(current)
-            stack.extend(reversed(self.concepts[current].children))
-        return out
+        """Every code below `code`, depth first in the order the hierarchy lists them."""
+        return self._reach(code, lambda c: reversed(self.concepts[c].children))
 
     def ancestors(self, code: str) -> list[str]:
+        return self._reach(code, lambda c: self.concepts[c].parents)
+
+    def _reach(self, code: str, links: Callable[[str], Iterable[str]]) -> list[str]:
+        """The codes reachable from `code` (not itself) through `links`, each once."""
         out: list[str] = []
         seen = {code}
-        stack = list(self.concepts[code].parents) if code in self.concepts else []
+        stack = list(links(code)) if code in self.concepts else []
         while stack:
             current = stack.pop()
             if current in seen:
                 continue
             seen.add(current)
             out.append(current)
-            stack.extend(self.concepts[current].parents)
+            stack.extend(links(current))
         return out
 
 
