@@ -8,6 +8,7 @@ from fhir_server import __version__
 from fhir_server.context import RequestContext
 from fhir_server.definitions import R4_RESOURCE_TYPES
 from fhir_server.search.registry import Registry
+from fhir_server.store.base import APPEND_ONLY_TYPES
 
 TYPE_INTERACTIONS = (
     "read",
@@ -60,7 +61,7 @@ def _resource(ctx: RequestContext, type_: str) -> dict[str, Any]:
     params = _search_params(ctx.registry, type_)
     references = [p["name"] for p in params if p["type"] == "reference"]
     # AuditEvents are append-only: no update, patch or delete, conditional or not.
-    mutable = type_ != "AuditEvent"
+    mutable = type_ not in APPEND_ONLY_TYPES
     interactions = [c for c in TYPE_INTERACTIONS if mutable or c not in APPEND_ONLY_REFUSED]
     return {
         "type": type_,

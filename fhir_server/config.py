@@ -50,3 +50,30 @@ class Settings(BaseSettings):
     either way). Off only for measuring what auditing costs."""
     audit_source: str = "fhir-server"
     """This server's name in AuditEvent.source (site and observer)."""
+
+    # --- security (fhir_server/auth)
+    auth: Literal["auto", "required", "off"] = "auto"
+    """`auto`: required with MongoDB or on a non-loopback address, open (with a loud warning)
+    only for the embedded engine on loopback. `off` is refused on non-loopback addresses."""
+    access_token_minutes: int = 15
+    refresh_idle_minutes: int = 60
+    """A refresh token unused this long is dead (it rotates on every use)."""
+    authorization_code_seconds: int = 60
+    lockout_failures: int = 3
+    """More consecutive failed logins than this lock the account."""
+    lockout_minutes: int = 10
+    password_min_length: int = 12
+    password_max_age_days: int = 90
+    """An older password must be changed at the next login."""
+    totp_roles: list[str] = ["admin"]
+    """Roles whose accounts must log in with a TOTP code."""
+    encounter_access_days: int = 30
+    """A practitioner keeps access this many days after an Encounter they took part in ended."""
+    external_issuer: str | None = None
+    """Also accept access tokens (JWT) issued by this identity provider..."""
+    external_jwks: str | None = None
+    """...signed by a key of this JWKS (URL or file)."""
+    external_claims: dict[str, str] = {
+        "fhirUser": "fhirUser", "scope": "scope", "role": "role", "sub": "sub",
+    }
+    """Where the external token keeps each claim the server needs (ours -> theirs)."""

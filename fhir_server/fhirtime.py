@@ -32,6 +32,15 @@ def parse_instant(text: str) -> datetime:
     return datetime.strptime(text, INSTANT_FORMAT).replace(tzinfo=UTC)
 
 
+def instant_before(text: str) -> str:
+    """The instant one microsecond before `text` (a stored instant); "" (before every instant)
+    when there is none."""
+    try:
+        return format_instant(parse_instant(text) - timedelta(microseconds=1))
+    except OverflowError:
+        return ""
+
+
 def _add_months(moment: datetime, months: int) -> datetime:
     month = moment.month - 1 + months
     return moment.replace(year=moment.year + month // 12, month=month % 12 + 1)

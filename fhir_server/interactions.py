@@ -24,6 +24,7 @@ from fhir_server.ids import new_id
 from fhir_server.patch import apply_fhirpath_patch, apply_json_patch
 from fhir_server.search.indexer import index_resource
 from fhir_server.store.base import (
+    APPEND_ONLY_TYPES,
     HistoryCursor,
     HistoryQuery,
     StorageError,
@@ -186,7 +187,7 @@ async def _write_in(
 
 def check_mutable(type_: str) -> None:
     """AuditEvents are append-only: 405 for update, patch and delete."""
-    if type_ == "AuditEvent":
+    if type_ in APPEND_ONLY_TYPES:
         raise errors.method_not_allowed(
             "AuditEvents are append-only: they cannot be updated, patched or deleted"
         )

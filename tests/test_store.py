@@ -482,3 +482,45 @@ async def test_mock_raises_pymongo_duplicate_key() -> None:
     await collection.insert_one({"_id": 1})
     with pytest.raises(DuplicateKeyError):
         await collection.insert_one({"_id": 1})
+
+
+# --------------------------------------------------------------------------------------------
+# Settings: compare-and-set, removal, listing by prefix
+
+
+async def test_settings_swap_remove_and_list_by_prefix(store: Store) -> None:
+    async with store.transaction() as tx:
+        await tx.swap_setting("auth.account.ana", None, {"role": "admin"})
+        await tx.swap_setting("auth.account.bo", None, {"role": "patient"})
+        await tx.swap_setting("auth.client.c1", None, {"scopes": "system/*.rs"})
+        await tx.swap_setting("auth.account%", None, {"role": "not an account"})
+    assert await store.list_settings("auth.account.") == {
+        "auth.account.ana": {"role": "admin"}, "auth.account.bo": {"role": "patient"}}
+    assert list(await store.list_settings("auth.")) == [
+        "auth.account%", "auth.account.ana", "auth.account.bo", "auth.client.c1"]
+    assert await store.list_settings("nothing.") == {}
+
+    # A stale expectation changes nothing, whether it sets or removes.
+    for value in ({"role": "practitioner"}, None):
+        with pytest.raises(VersionConflict):
+            async with store.transaction() as tx:
+                await tx.swap_setting("auth.account.ana", {"role": "patient"}, value)
+    with pytest.raises(VersionConflict):
+        async with store.transaction() as tx:
+            await tx.swap_setting("auth.account.new", {"role": "admin"}, None)
+    assert await store.get_setting("auth.account.ana") == {"role": "admin"}
+
+    async with store.transaction() as tx:
+        await tx.swap_setting("auth.account.ana", {"role": "admin"}, None)
+        assert await tx.get_setting("auth.account.ana") is None
+    assert await store.get_setting("auth.account.ana") is None
+    assert list(await store.list_settings("auth.account.")) == ["auth.account.bo"]
+
+
+async def test_removed_setting_comes_back_when_the_transaction_fails(store: Store) -> None:
+    await store.put_setting("auth.refresh.t1", {"sub": "ana"})
+    with pytest.raises(RuntimeError):
+        async with store.transaction() as tx:
+            await tx.swap_setting("auth.refresh.t1", {"sub": "ana"}, None)
+            raise RuntimeError("the rest of the write failed")
+    assert await store.get_setting("auth.refresh.t1") == {"sub": "ana"}

@@ -50,7 +50,7 @@ QUERIED = frozenset((
 """Interactions whose record names the request itself (path and query) as a Query entity."""
 WRITE_SUBTYPES = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 # Codings without displays: an event is written for every request, and every byte of it is
-# stored twice (current copy and history), hashed and indexed; the codes say it all.
+# stored, hashed and indexed; the codes say it all.
 PERSON = {"system": ENTITY_TYPE, "code": "1"}
 SYSTEM_OBJECT = {"system": ENTITY_TYPE, "code": "2"}
 PATIENT_ROLE = {"system": OBJECT_ROLE, "code": "1"}

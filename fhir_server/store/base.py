@@ -88,6 +88,11 @@ class HistoryQuery:
     limit: int = 50
 
 
+APPEND_ONLY_TYPES = frozenset({"AuditEvent"})
+"""Types whose resources are created once and never updated or deleted (the interactions refuse
+it), so an engine may keep their only version without a separate history copy."""
+
+
 @dataclass(frozen=True, slots=True)
 class SearchQuery:
     """Current, non-deleted resources of one type matching `where`, in `sort` order then by id.
@@ -172,9 +177,10 @@ class Transaction(ABC):
 
     @abstractmethod
     async def swap_setting(self, key: str, expected: Any, value: Any) -> None:
-        """Set `key` to `value` if its value is `expected` now (None: it has none yet);
-        otherwise raise VersionConflict and change nothing. The audit trail advances the head
-        of its hash chain this way, so two transactions never extend it from the same event.
+        """Set `key` to `value` if its value is `expected` now (None: it has none yet; a
+        `value` of None removes it); otherwise raise VersionConflict and change nothing. The
+        audit trail advances the head of its hash chain this way, so two transactions never
+        extend it from the same event.
         """
 
     async def lock(self, key: str) -> None:
@@ -234,6 +240,10 @@ class Store(ABC):
     async def put_setting(self, key: str, value: Any) -> None: ...
 
     @abstractmethod
+    async def list_settings(self, prefix: str) -> dict[str, Any]:
+        """Every setting whose key starts with `prefix`, by key (accounts, clients, tokens)."""
+
+    @abstractmethod
     async def is_empty(self) -> bool:
         """True when no resource has ever been stored (decides whether to seed)."""
 
@@ -282,6 +292,9 @@ class DelegatingStore(Store):
 
     async def put_setting(self, key: str, value: Any) -> None:
         await self.inner.put_setting(key, value)
+
+    async def list_settings(self, prefix: str) -> dict[str, Any]:
+        return await self.inner.list_settings(prefix)
 
     async def is_empty(self) -> bool:
         return await self.inner.is_empty()

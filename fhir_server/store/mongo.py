@@ -185,11 +185,16 @@ class _SettingUndo:
     settings: Any
     id: str
     previous: bytes | None
-    value: bytes
+    value: bytes | None
+    """None: the swap removed the setting."""
     type: str = "settings"
     version: int = 0
 
     async def run(self, history: Any) -> None:
+        if self.value is None:
+            if self.previous is not None:
+                await self.settings.insert_one({"_id": self.id, "value": self.previous})
+            return
         mine = {"_id": self.id, "value": self.value}
         if self.previous is None:
             await self.settings.delete_one(mine)
@@ -271,10 +276,18 @@ class MongoTransaction(Transaction):
     async def swap_setting(self, key: str, expected: Any, value: Any) -> None:
         settings = self._db[SETTINGS]
         previous = None if expected is None else orjson.dumps(expected)
-        new = orjson.dumps(value)
+        new = None if value is None else orjson.dumps(value)
         with _guard(f"write setting {key}"):
             try:
-                if previous is None:
+                if value is None and previous is None:
+                    found = await settings.find_one({"_id": key}, session=self._session)
+                    swapped = found is None
+                elif value is None:
+                    result = await settings.delete_one(
+                        {"_id": key, "value": previous}, session=self._session
+                    )
+                    swapped = result.deleted_count > 0
+                elif previous is None:
                     await settings.insert_one({"_id": key, "value": new}, session=self._session)
                     swapped = True
                 else:
@@ -537,6 +550,13 @@ class MongoStore(Store):
             await self._db[SETTINGS].replace_one(
                 {"_id": key}, {"value": orjson.dumps(value)}, upsert=True
             )
+
+    async def list_settings(self, prefix: str) -> dict[str, Any]:
+        # A range on _id (its index), not a regex: the prefix is taken literally.
+        query = {"_id": {"$gte": prefix, "$lt": prefix + "\U0010ffff"}}
+        with _guard("list settings"):
+            docs = await self._db[SETTINGS].find(query).sort("_id", 1).to_list(None)
+        return {doc["_id"]: orjson.loads(doc["value"]) for doc in docs}
 
     async def is_empty(self) -> bool:
         with _guard("check for data"):

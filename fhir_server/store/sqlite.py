@@ -21,6 +21,7 @@ import orjson
 
 from fhir_server.search.model import EMPTY_INDEX, Predicate, ResourceIndex
 from fhir_server.store.base import (
+    APPEND_ONLY_TYPES,
     HistoryQuery,
     Match,
     SearchQuery,
@@ -48,6 +49,7 @@ CREATE TABLE IF NOT EXISTS resources (
     last_updated TEXT NOT NULL, method TEXT NOT NULL, body BLOB,
     PRIMARY KEY (type, id)
 );
+CREATE INDEX IF NOT EXISTS resources_by_time ON resources (type, last_updated);
 CREATE TABLE IF NOT EXISTS history (
     type TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL,
     last_updated TEXT NOT NULL, method TEXT NOT NULL, body BLOB,
@@ -181,7 +183,8 @@ class SqliteTransaction(Transaction):
         # taken after all fails the commit with VersionConflict.
         rows = [(v.type, v.id, v.version, v.last_updated, v.method, v.body) for v, _ in new]
         self._pending.setdefault("resources", []).extend(rows)
-        self._pending.setdefault("history", []).extend(rows)
+        if versioned := [row for row in rows if row[0] not in APPEND_ONLY_TYPES]:
+            self._pending.setdefault("history", []).extend(versioned)
         for v, index in new:
             self._store._rows_written += 2 + len(index.entries) + len(index.sort)
             write_index(self._conn, v.type, v.id, index, replace=False, into=self._pending)
@@ -196,6 +199,9 @@ class SqliteTransaction(Transaction):
         found = await self.get_setting(key)
         if found != expected:
             raise VersionConflict("settings", key, 0)
+        if value is None:
+            _guard(lambda: self._conn.execute("DELETE FROM settings WHERE key = ?", (key,)))
+            return
         _guard(lambda: self._conn.execute(
             "INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", (key, orjson.dumps(value))
         ))
@@ -213,7 +219,10 @@ class SqliteTransaction(Transaction):
         self._conn.execute(
             f"INSERT OR REPLACE INTO resources ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", values
         )
-        self._conn.execute(f"INSERT INTO history ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", values)
+        if v.type not in APPEND_ONLY_TYPES:
+            self._conn.execute(
+                f"INSERT INTO history ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", values
+            )
         self._store._rows_written += 2 + len(index.entries) + len(index.sort)
         if found:
             self.flush()  # the buffered rows may include this resource's previous index
@@ -245,6 +254,45 @@ def write_index(
             conn.executemany(insert_sql(table, len(table_rows[0])), table_rows)
 
 
+def _versions_of(type_: str) -> str:
+    """The table holding every version of type_'s resources."""
+    return "resources" if type_ in APPEND_ONLY_TYPES else "history"
+
+
+def _history_arm(
+    table: str, query: HistoryQuery, params: list[Any], types: frozenset[str] = frozenset()
+) -> str:
+    """SELECT of the versions in `table` that `query` lists (narrowed to `types` if given)."""
+    where: list[str] = []
+    if query.type is not None:
+        where.append("h.type = ?")
+        params.append(query.type)
+    if types:
+        where.append(f"h.type IN ({', '.join('?' * len(types))})")
+        params += sorted(types)
+    if query.id is not None:
+        where.append("h.id = ?")
+        params.append(query.id)
+    if query.since is not None:
+        where.append("h.last_updated >= ?")
+        params.append(query.since)
+    if query.at is not None:
+        start, end = query.at
+        # Written inside the window, or the version that was current when it opened.
+        where.append(
+            f"h.body IS NOT NULL AND h.last_updated < ? AND (h.last_updated >= ? OR "
+            f"h.version = (SELECT max(p.version) FROM {table} p "
+            "WHERE p.type = h.type AND p.id = h.id AND p.last_updated <= ?))"
+        )
+        params += [end, start, start]
+    if query.after is not None:
+        c = query.after
+        where.append("(h.last_updated, h.type, h.id) < (?, ?, ?)")
+        params += [c.last_updated, c.type, c.id]
+    sql = f"SELECT {', '.join('h.' + c for c in COLUMNS.split(', '))} FROM {table} h"
+    return sql + (" WHERE " + " AND ".join(where) if where else "")
+
+
 def _commit(conn: sqlite3.Connection, tx: SqliteTransaction) -> None:
     try:
         tx.flush()
@@ -255,6 +303,9 @@ def _commit(conn: sqlite3.Connection, tx: SqliteTransaction) -> None:
     except sqlite3.Error as exc:
         conn.execute("ROLLBACK")
         raise StorageError(f"SQLite commit failed: {exc}") from exc
+    except BaseException:
+        conn.execute("ROLLBACK")  # the connection must never stay inside a transaction
+        raise
 
 
 class SqliteStore(Store):
@@ -306,40 +357,21 @@ class SqliteStore(Store):
 
     async def vread(self, type_: str, id_: str, version: int) -> Version | None:
         rows = self._fetch(
-            f"SELECT {COLUMNS} FROM history WHERE type = ? AND id = ? AND version = ?",
+            f"SELECT {COLUMNS} FROM {_versions_of(type_)} WHERE type = ? AND id = ? "
+            "AND version = ?",
             (type_, id_, version),
         )
         return _version(rows[0]) if rows else None
 
     async def history(self, query: HistoryQuery) -> list[Version]:
-        where: list[str] = []
         params: list[Any] = []
         if query.type is not None:
-            where.append("h.type = ?")
-            params.append(query.type)
-        if query.id is not None:
-            where.append("h.id = ?")
-            params.append(query.id)
-        if query.since is not None:
-            where.append("h.last_updated >= ?")
-            params.append(query.since)
-        if query.at is not None:
-            start, end = query.at
-            # Written inside the window, or the version that was current when it opened.
-            where.append(
-                "h.body IS NOT NULL AND h.last_updated < ? AND (h.last_updated >= ? OR "
-                "h.version = (SELECT max(p.version) FROM history p "
-                "WHERE p.type = h.type AND p.id = h.id AND p.last_updated <= ?))"
-            )
-            params += [end, start, start]
-        if query.after is not None:
-            c = query.after
-            where.append("(h.last_updated, h.type, h.id) < (?, ?, ?)")
-            params += [c.last_updated, c.type, c.id]
-        sql = f"SELECT {', '.join('h.' + c for c in COLUMNS.split(', '))} FROM history h"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY h.last_updated DESC, h.type DESC, h.id DESC LIMIT ?"
+            sql = _history_arm(_versions_of(query.type), query, params)
+        else:
+            # The append-only types' versions live in `resources` alone.
+            sql = (_history_arm("history", query, params) + " UNION ALL "
+                   + _history_arm("resources", query, params, APPEND_ONLY_TYPES))
+        sql += " ORDER BY 4 DESC, 1 DESC, 2 DESC LIMIT ?"  # last_updated, type, id
         params.append(query.limit)
         return [_version(row) for row in self._fetch(sql, tuple(params))]
 
@@ -436,8 +468,16 @@ class SqliteStore(Store):
                 (key, orjson.dumps(value)),
             ))
 
+    async def list_settings(self, prefix: str) -> dict[str, Any]:
+        # A range on the primary key; `prefix + U+10FFFF` bounds every key that starts with it.
+        rows = self._fetch(
+            "SELECT key, value FROM settings WHERE key >= ? AND key < ? ORDER BY key",
+            (prefix, prefix + "\U0010ffff"),
+        )
+        return {key: orjson.loads(value) for key, value in rows}
+
     async def is_empty(self) -> bool:
-        return not self._fetch("SELECT 1 FROM history LIMIT 1", ())
+        return not self._fetch("SELECT 1 FROM resources LIMIT 1", ())
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:

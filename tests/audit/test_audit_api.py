@@ -966,3 +966,58 @@ async def test_altid_is_searchable_and_site_is_not_offered(server: Server) -> No
     strict = await http.get("/AuditEvent", params={"site": SOURCE},
                             headers={"Prefer": "handling=strict"})
     assert strict.status_code == 400, strict.text
+
+
+# --- AuditEvents in the history interactions ------------------------------------------------------
+
+
+async def pages(http: httpx.AsyncClient, path: str, count: int) -> list[Resource]:
+    """Every entry of a history listing, following `next` links `count` at a time."""
+    entries: list[Resource] = []
+    response = await http.get(path, params={"_count": str(count)})
+    while True:
+        assert response.status_code == 200, response.text
+        body = response.json()
+        entries += body.get("entry", [])
+        following = [link["url"] for link in body.get("link", []) if link["relation"] == "next"]
+        if not following:
+            return entries
+        response = await http.get(following[0])
+
+
+def newest_first(resource: Resource) -> tuple[str, str, str]:
+    return resource["meta"]["lastUpdated"], resource["resourceType"], resource["id"]
+
+
+async def test_audit_events_have_their_one_version_in_every_history(server: Server) -> None:
+    http = server.http
+    r = await http.post("/Patient", json={"resourceType": "Patient"}, headers=FHIR_JSON)
+    pid = r.json()["id"]
+    r = await http.put(f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid,
+                                                 "active": True}, headers=FHIR_JSON)
+    assert r.status_code == 200, r.text
+    await http.get(f"/Patient/{pid}")
+    await http.post("/AuditEvent", json=client_event(f"Patient/{pid}", "u1", "Dr U"),
+                    headers=FHIR_JSON)
+    events = await audit_events(http)
+    first = events[0]
+
+    vread = await http.get(f"/AuditEvent/{first['id']}/_history/1")
+    assert vread.status_code == 200 and vread.json() == first
+    assert (await http.get(f"/AuditEvent/{first['id']}/_history/2")).status_code == 404
+
+    # Type history: every event (those recorded while listing come after `events`), newest first.
+    listed = [e["resource"] for e in await pages(http, "/AuditEvent/_history", 2)]
+    assert listed == sorted(listed, key=newest_first, reverse=True)
+    assert [e for e in listed if e["id"] in {x["id"] for x in events}] == events[::-1]
+
+    # System history: data versions and AuditEvents interleaved by time, each once.
+    entries = await pages(http, "/_history", 3)
+    versions = [e["resource"] for e in entries if "resource" in e]
+    assert len({(v["resourceType"], v["id"], v["meta"]["versionId"]) for v in versions}) == len(
+        versions)
+    assert versions == sorted(versions, key=newest_first, reverse=True)
+    patients = [v["meta"]["versionId"] for v in versions if v["resourceType"] == "Patient"]
+    assert patients == ["2", "1"]
+    assert {x["id"] for x in events} <= {v["id"] for v in versions
+                                         if v["resourceType"] == "AuditEvent"}

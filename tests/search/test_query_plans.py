@@ -48,6 +48,8 @@ LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
 OBSERVATION_CODES = ["8302-2", "29463-7", "39156-5", "8867-4", "72514-3"]
 CONDITION_CODES = ["444814009", "162864005", "10509002", "15777000"]
+CONDITION_TEXTS = ["Viral sinusitis", "Obesity", "Acute bronchitis", "Prediabetes"]
+ELSEWHERE = "https://elsewhere.test/fhir/Practitioner/p1"
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,13 +79,15 @@ def population() -> Iterator[dict[str, Any]]:
             yield {"resourceType": "Observation", "id": f"obs-{p}-{o}", "status": "final",
                    "code": {"coding": [{"system": LOINC, "code": code}]},
                    "subject": subject, "encounter": {"reference": f"Encounter/enc-{p}-{o % 3}"},
+                   "performer": [{"reference": ELSEWHERE}],
                    "effectiveDateTime": f"{2012 + o}-05-01T10:00:00+00:00",
                    "valueQuantity": {"value": 50 + p + o, "unit": "kg",
                                      "system": "http://unitsofmeasure.org", "code": "kg"}}
         for c in range(2):
             code = CONDITION_CODES[(p + c) % len(CONDITION_CODES)]
             yield {"resourceType": "Condition", "id": f"cond-{p}-{c}", "subject": subject,
-                   "code": {"coding": [{"system": SNOMED, "code": code}]},
+                   "code": {"coding": [{"system": SNOMED, "code": code}],
+                            "text": CONDITION_TEXTS[(p + c) % len(CONDITION_TEXTS)]},
                    "onsetDateTime": f"{2010 + c}-01-01T00:00:00+00:00"}
         for m in range(2):
             yield {"resourceType": "MedicationRequest", "id": f"med-{p}-{m}",
@@ -177,10 +181,22 @@ TYPICAL = [
             [("patient", "pat-3"), ("_include", "MedicationRequest:requester")],
             (REF_BY_TARGET,)),
 ]
+# Partial indexes and the resources row serve these (the write path skips their other rows).
+TYPICAL += [
+    Typical("Condition by code text", "Condition", [("code:text", "prediab")],
+            (r"USING (COVERING )?INDEX idx_token_t \(rtype=\? AND param=\? AND text>\? "
+             r"AND text<\?\)",)),
+    Typical("Observation by absolute performer URL", "Observation",
+            [("performer", ELSEWHERE)],
+            (r"USING (COVERING )?INDEX idx_reference_u \(rtype=\? AND param=\? AND url=\?\)",)),
+    Typical("Patient by _lastUpdated", "Patient", [("_lastUpdated", "gt2020-01-01")],
+            (r"USING (COVERING )?INDEX resources_by_time \(type=\? AND last_updated>\?\)",)),
+]
 IDS = [t.name for t in TYPICAL]
 
 RESOURCES_BY_KEY = re.compile(
     r"^SEARCH r USING (INDEX sqlite_autoindex_resources_1|PRIMARY KEY) \(type=\? AND id=\?\)$"
+    r"|^SEARCH r USING INDEX resources_by_time \(type=\? AND last_updated[<>]=?\?\)$"
 )
 
 

@@ -466,7 +466,7 @@ def last_updated_values(d: Loaded) -> list[str]:
     return sorted(r["meta"]["lastUpdated"] for r in d.of_type("Patient"))
 
 
-@pytest.mark.parametrize("prefix", ["gt", "lt", "ge", "le", "eq", "ne", "sa", "eb"])
+@pytest.mark.parametrize("prefix", ["gt", "lt", "ge", "le", "eq", "ne", "sa", "eb", "ap"])
 async def test_last_updated(loaded: Loaded, prefix: str) -> None:
     instants = last_updated_values(loaded)
     middle = instants[len(instants) // 2]
@@ -476,6 +476,23 @@ async def test_last_updated(loaded: Loaded, prefix: str) -> None:
         value, o.date_ranges(r["meta"]["lastUpdated"])))
     assert expected
     assert set(got) == expected
+
+
+async def test_last_updated_or_and_missing(loaded: Loaded) -> None:
+    instants = last_updated_values(loaded)
+    first, last = instants[0], instants[-1]
+    got = await search_ids(loaded.client, "/Patient",
+                           [("_lastUpdated", f"eq{first},eq{last}"), ("_count", BIG)])
+    assert set(got) == loaded.ids("Patient", lambda r: r["meta"]["lastUpdated"] in (first, last))
+    got = await search_ids(loaded.client, "/Patient", [
+        ("_lastUpdated", f"gt{first}"), ("_lastUpdated", f"lt{last}"), ("family:missing", "false"),
+        ("_count", BIG)])
+    assert set(got) == loaded.ids("Patient", lambda r: first < r["meta"]["lastUpdated"] < last
+                                  and any(n.get("family") for n in r.get("name", [])))
+    every = await search_ids(loaded.client, "/Patient",
+                             [("_lastUpdated:missing", "false"), ("_count", BIG)])
+    assert set(every) == loaded.ids("Patient", lambda r: True)
+    assert await search_ids(loaded.client, "/Patient", [("_lastUpdated:missing", "true")]) == []
 
 
 async def test_last_updated_coarse_precision(loaded: Loaded) -> None:
