@@ -13,9 +13,11 @@ from starlette.exceptions import HTTPException
 
 from fhir_server import errors
 from fhir_server.api.audit import record_unrouted
+from fhir_server.api.auth_routes import auth_routes
 from fhir_server.api.formats import JSON, negotiate, render
 from fhir_server.api.routes import routes
 from fhir_server.audit.trail import AuditTrail
+from fhir_server.auth.service import Security, auth_required
 from fhir_server.config import Settings
 from fhir_server.loader import load_paths
 from fhir_server.search.registry import Registry, default_registry
@@ -86,12 +88,14 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.store = store or build_store(settings)
+        app.state.security = Security(settings, app.state.store, auth_required(settings))
         app.state.audit = AuditTrail(
             app.state.store, app.state.indexing, settings.audit_source, settings.audit
         )
         await app.state.store.open()
         try:
             await load_active(app.state.store, (app.state.registry, app.state.indexing))
+            await app.state.security.grants.purge()  # codes and tokens that expired meanwhile
             await seed(app.state.store, settings, app.state.registry, app.state.conformance,
                        app.state.audit)
             yield
@@ -107,6 +111,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.state.registry = default_registry()
     app.state.indexing = default_registry()
     app.state.conformance = Conformance.load(settings)
+    app.router.routes.extend(auth_routes)  # before /fhir/{rtype}/{rid} could take them
     app.router.routes.extend(routes)
     app.add_exception_handler(errors.FhirError, _fhir_error)
     app.add_exception_handler(HTTPException, _http_error)

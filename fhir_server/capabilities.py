@@ -81,6 +81,21 @@ def _resource(ctx: RequestContext, type_: str) -> dict[str, Any]:
     }
 
 
+def _security(root: str) -> dict[str, Any]:
+    """SMART App Launch: where to get tokens (also in .well-known/smart-configuration)."""
+    uris = [("authorize", "authorize"), ("token", "token"), ("revoke", "revoke")]
+    return {
+        "service": [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+            "code": "SMART-on-FHIR",
+        }]}],
+        "extension": [{
+            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+            "extension": [{"url": name, "valueUri": f"{root}/auth/{path}"} for name, path in uris],
+        }],
+    }
+
+
 def capability_statement(ctx: RequestContext) -> dict[str, Any]:
     """Built per request: custom search parameters switch on while the server runs."""
     return {
@@ -101,6 +116,7 @@ def capability_statement(ctx: RequestContext) -> dict[str, Any]:
         "rest": [
             {
                 "mode": "server",
+                "security": _security(ctx.base_url.removesuffix("/fhir")),
                 "resource": [_resource(ctx, t) for t in sorted(R4_RESOURCE_TYPES)],
                 "interaction": [
                     {"code": "transaction"},

@@ -23,7 +23,7 @@ from fhir_server import errors, interactions
 from fhir_server.audit import trail as audit
 from fhir_server.context import RequestContext
 from fhir_server.interactions import WriteResult
-from fhir_server.search.model import Predicate
+from fhir_server.search.model import And, Predicate
 from fhir_server.search.parser import parse_search
 from fhir_server.search.resolve import resolve
 from fhir_server.store.base import (
@@ -81,6 +81,13 @@ async def matches(ctx: RequestContext, c: Criteria, limit: int = 2) -> list[Vers
     except LockTimeout as exc:
         raise errors.conflict(f"Another request holds {c.type}?{c.query}: {exc}") from None
     where = await resolve(ctx, c.where)  # :in, _list, :above/:below become plain predicates
+    if ctx.access is not None:
+        # Criteria find only what the caller may see: a hidden match is as if absent.
+        await ctx.access.require(c.type, "s")
+        limit = await ctx.access.search_filter(c.type)
+        guarded = await ctx.access.guard(where)
+        assert guarded is not None
+        where = guarded if limit is None else And((guarded, limit))
     return [m.version for m in await tx.search(SearchQuery(c.type, where, limit=limit))]
 
 

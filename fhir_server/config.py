@@ -69,10 +69,14 @@ class Settings(BaseSettings):
     """Roles whose accounts must log in with a TOTP code."""
     encounter_access_days: int = 30
     """A practitioner keeps access this many days after an Encounter they took part in ended."""
+    auth_issuer: str | None = None
+    """The `iss` of the tokens this server issues (default: urn:fhir-server:<audit_source>)."""
     external_issuer: str | None = None
     """Also accept access tokens (JWT) issued by this identity provider..."""
     external_jwks: str | None = None
-    """...signed by a key of this JWKS (URL or file)."""
+    """...signed by a key of this JWKS (URL or file)..."""
+    external_audience: str | None = None
+    """...and naming this audience in `aud` (unchecked when unset)."""
     external_claims: dict[str, str] = {
         "fhirUser": "fhirUser", "scope": "scope", "role": "role", "sub": "sub",
     }

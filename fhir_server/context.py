@@ -12,6 +12,7 @@ from fhir_server.validation.conformance import Conformance
 
 if TYPE_CHECKING:
     from fhir_server.audit.trail import AuditScope
+    from fhir_server.auth.access import Access
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,3 +31,6 @@ class RequestContext:
     custom parameters that searches may not use yet."""
     audit: AuditScope | None = None
     """Where the interaction notes what the audit trail records of it (None: not audited)."""
+    access: Access | None = None
+    """What the caller may see and do (None: no limits — authentication off, or the server's
+    own work such as loading and seeding)."""

@@ -64,6 +64,14 @@ class BadRequest(FhirError):
     """400: the request itself cannot be understood (syntax, mismatched ids, bad parameters)."""
 
 
+class Unauthorized(FhirError):
+    """401: no valid credentials (the WWW-Authenticate header says how to get them)."""
+
+
+class Forbidden(FhirError):
+    """403: the caller may not do this kind of thing (never said of one hidden resource)."""
+
+
 class NotFound(FhirError):
     """404: unknown resource type, id or version."""
 
@@ -105,6 +113,8 @@ class Unavailable(FhirError):
 
 
 bad_request = _single(BadRequest, 400, "invalid")
+unauthorized = _single(Unauthorized, 401, "login")
+forbidden = _single(Forbidden, 403, "forbidden")
 not_found = _single(NotFound, 404, "not-found")
 gone = _single(Gone, 410, "deleted")
 method_not_allowed = _single(MethodNotAllowed, 405, "not-supported")

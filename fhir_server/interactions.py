@@ -160,8 +160,16 @@ async def _write_in(
     if_match: int | None,
 ) -> WriteResult:
     current = await tx.current(type_, id_)
+    access = ctx.access
+    if access is not None:
+        # Before any other answer (412, 410...): a hidden resource is as if absent.
+        perm = WRITE_PERMS[method] if current is not None else "c"
+        await access.require(type_, perm)
+        await access.require_visible(current, perm)
     _check_if_match(current, if_match, f"{type_}/{id_}")
     content = build(current)
+    if access is not None and isinstance(content, dict):
+        await access.check_content(type_, content, current, perm)
     if content is UNCHANGED and current is not None:
         if ctx.audit is not None:
             ctx.audit.saw(current)
@@ -183,6 +191,10 @@ async def _write_in(
     if ctx.audit is not None:
         ctx.audit.wrote(version, index, current)
     return WriteResult(version, created=current is None or current.deleted)
+
+
+WRITE_PERMS = {"POST": "c", "PUT": "u", "PATCH": "u", "DELETE": "d"}
+"""The SMART permission each write needs (an update that creates needs `c`)."""
 
 
 def check_mutable(type_: str) -> None:
@@ -317,6 +329,14 @@ def _require_live(current: Version | None, type_: str, id_: str) -> None:
         )
 
 
+async def _require_readable(
+    ctx: RequestContext, type_: str, found: Version | None, perm: str = "r"
+) -> None:
+    if ctx.access is not None:
+        await ctx.access.require(type_, perm)
+        await ctx.access.require_visible(found, perm)
+
+
 async def read(ctx: RequestContext, type_: str, id_: str) -> Version:
     try:
         # Inside a transaction bundle, reads see the bundle's own earlier writes.
@@ -326,6 +346,7 @@ async def read(ctx: RequestContext, type_: str, id_: str) -> Version:
             current = await ctx.store.read(type_, id_)
     except StorageError as exc:
         raise errors.unavailable(f"Storage failed: {exc}") from None
+    await _require_readable(ctx, type_, current)
     _require_live(current, type_, id_)
     assert current is not None
     if ctx.audit is not None:
@@ -340,6 +361,7 @@ async def vread(ctx: RequestContext, type_: str, id_: str, version_id: str) -> V
         found = await ctx.store.vread(type_, id_, int(version_id))
     except StorageError as exc:
         raise errors.unavailable(f"Storage failed: {exc}") from None
+    await _require_readable(ctx, type_, found)
     if found is None:
         raise errors.not_found(f"{type_}/{id_} has no version {version_id}")
     if found.deleted:
@@ -406,13 +428,21 @@ async def history(
 ) -> Resource:
     """A history Bundle, newest first, with keyset `next` links that survive concurrent writes."""
     query = _history_query(ctx, type_, id_, params)
+    access = ctx.access
     try:
         current = await ctx.store.read(type_, id_) if id_ is not None else None  # type: ignore[arg-type]
+        if type_ is not None:
+            await _require_readable(ctx, type_, current)
         if id_ is not None and current is None:
             raise errors.not_found(f"{type_}/{id_} is not known")
         versions = await ctx.store.history(query) if query.limit else []
     except StorageError as exc:
         raise errors.unavailable(f"Storage failed: {exc}") from None
+    # A limited caller sees the versions it may see, each judged on its own content (a page
+    # may come out shorter; the `next` link still follows the unfiltered listing).
+    listed = versions
+    if access is not None:
+        versions = [v for v in versions if await access.may_see(v)]
     if ctx.audit is not None:
         if current is not None:
             ctx.audit.target(f"{current.type}/{current.id}")
@@ -420,8 +450,8 @@ async def history(
     path = "/".join(p for p in (ctx.base_url, type_, id_, "_history") if p)
     kept = {k: v for k, v in params.items() if k in ("_count", "_since", "_at", "_cursor")}
     links = [{"relation": "self", "url": _link(path, kept)}]
-    if len(versions) == query.limit and versions:
-        last = versions[-1]
+    if len(listed) == query.limit and listed:
+        last = listed[-1]
         cursor = HistoryCursor(last.last_updated, last.type, last.id).encode()
         links.append({"relation": "next", "url": _link(path, {**kept, "_cursor": [cursor]})})
     return {

@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from fhir_server import errors
+from fhir_server.api.security import authenticate
 from fhir_server.audit.events import QUERIED, Agent, request_subtype
 from fhir_server.audit.trail import AuditScope, AuditTrail
 
@@ -42,17 +43,19 @@ def begin(request: Request) -> AuditScope | None:
 
 
 def audited(subtype: str, handler: Handler) -> Handler:
-    """`handler`, recording its interaction: writes in their own transaction (see
-    audit.trail), everything else here, before the response leaves. If the record cannot be
-    stored, the answer is a 503 instead."""
+    """`handler` for an authenticated caller, recording its interaction (refusals included):
+    writes in their own transaction (see audit.trail), everything else here, before the
+    response leaves. If the record cannot be stored, the answer is a 503 instead."""
 
     async def audited_handler(request: Request) -> Response:
         scope = begin(request)
         if scope is None:
+            await authenticate(request)
             return await handler(request)
         if subtype in QUERIED:
             scope.query = request_query(request)
         try:
+            await authenticate(request)
             response = await handler(request)
         except errors.FhirError as exc:
             params = request.path_params

@@ -28,6 +28,7 @@ from fhir_server.api.formats import (
     read_body,
     render,
 )
+from fhir_server.api.security import with_access
 from fhir_server.capabilities import capability_statement
 from fhir_server.context import RequestContext
 from fhir_server.fhirtime import http_date, parse_http_date, parse_instant
@@ -53,11 +54,12 @@ def base_url(request: Request) -> str:
 
 def context(request: Request) -> RequestContext:
     state = request.app.state
-    return RequestContext(
+    ctx = RequestContext(
         state.store, state.settings, state.registry, base_url(request),
         conformance=state.conformance, indexing=state.indexing,
         audit=getattr(request.state, "audit", None),
     )
+    return with_access(request, ctx)
 
 
 def _params(request: Request) -> dict[str, list[str]]:
@@ -336,6 +338,8 @@ async def reindex_type(request: Request) -> Response:
     negotiate(request)
     rtype = _type(request)
     ctx = context(request)
+    if ctx.access is not None:
+        await ctx.access.require("SearchParameter", "u")  # administrators and system clients
     result = await reindex.reindex(ctx, request.app.state.indexing, rtype)
     active = ", ".join(result.activated) or "none"
     text = (f"Reindexed {result.reindexed} {rtype} resources; custom parameters searchable "

@@ -62,6 +62,7 @@ _REQUESTOR = {
                 "code": "IRCP"}]
 }
 MAX_DESCRIPTION = 2000
+_BREAK_GLASS = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "BTG"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +76,8 @@ class Agent:
     """The Practitioner/Patient/... resource the user is, when known."""
     roles: tuple[str, ...] = ()
     address: str | None = None
+    break_glass: str | None = None
+    """The reason a practitioner gave for emergency access beyond their care relationships."""
 
     def to_json(self) -> Resource:
         agent: Resource = {"type": _REQUESTOR}
@@ -90,6 +93,8 @@ class Agent:
         agent["requestor"] = True
         if self.address:
             agent["network"] = {"address": self.address, "type": "2"}
+        if self.break_glass:
+            agent["purposeOfUse"] = [{"coding": [_BREAK_GLASS], "text": self.break_glass}]
         return agent
 
 
@@ -167,6 +172,29 @@ def build_event(
     listed = list(entities)
     if listed:
         event["entity"] = listed
+    return event
+
+
+_DCM = "http://dicom.nema.org/resources/ontology/DCM"
+USER_AUTHENTICATION = {"system": _DCM, "code": "110114", "display": "User Authentication"}
+SECURITY_EVENT = "https://fhir-server.dev/CodeSystem/security-event"
+SECURITY_SUBTYPES = {
+    "login": {"system": _DCM, "code": "110122", "display": "Login"},
+    "logout": {"system": _DCM, "code": "110123", "display": "Logout"},
+    **{code: {"system": SECURITY_EVENT, "code": code} for code in (
+        "password-change", "token-issue", "token-refresh", "token-revoke",
+    )},
+}
+"""What an authentication event is: logins (DICOM's codes, as IHE BALP uses them), password
+changes, and the tokens issued, refreshed and revoked."""
+
+
+def security_event(
+    kind: str, agent: Agent, source: str, recorded: str, status: int, description: str | None
+) -> Resource:
+    event = build_event(kind, agent, source, recorded, status, description, ())
+    event["type"] = USER_AUTHENTICATION
+    event["subtype"] = [SECURITY_SUBTYPES[kind]]
     return event
 
 

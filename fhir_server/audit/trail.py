@@ -31,6 +31,7 @@ from fhir_server.audit.events import (
     patient_entity,
     query_entity,
     resource_entity,
+    security_event,
 )
 from fhir_server.fhirtime import clock
 from fhir_server.ids import new_id
@@ -44,6 +45,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("fhir_server.audit")
 Resource = dict[str, Any]
 SEAL_ATTEMPTS = 100
+
+
+def unrecorded(exc: StorageError) -> errors.FhirError:
+    return errors.unavailable(
+        f"The audit record of this request could not be stored, so it was not answered: {exc}"
+    )
 
 
 class AuditTrail:
@@ -73,6 +80,20 @@ class AuditTrail:
     ) -> list[Version]:
         async with self._sealing:
             return await chain.seal(tx, events, self.registry)
+
+    async def record_security(
+        self, kind: str, agent: Agent, status: int, description: str | None = None
+    ) -> None:
+        """Record an authentication event (`events.SECURITY_SUBTYPES`); 503 if it cannot be
+        stored, exactly as for an interaction."""
+        if not self.enabled:
+            return
+        event = security_event(kind, agent, self.source, clock.next(), status, description)
+        event["id"] = new_id()
+        try:
+            await self.record(event)
+        except StorageError as exc:
+            raise unrecorded(exc) from None
 
     async def record(self, event: Resource) -> None:
         """Store `event` in a transaction of its own (shared with whatever else is waiting);
@@ -212,10 +233,7 @@ class AuditScope:
         try:
             await self.trail.record(event)
         except StorageError as exc:
-            raise errors.unavailable(
-                f"The audit record of this request could not be stored, so it was not "
-                f"answered: {exc}"
-            ) from None
+            raise unrecorded(exc) from None
         self.recorded = True
 
 

@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 import orjson
 
 from fhir_server import errors
+from fhir_server.auth.access import NEVER, Access
 from fhir_server.context import RequestContext
 from fhir_server.definitions import R4_RESOURCE_TYPES
 from fhir_server.search import resolve, types
@@ -75,6 +76,8 @@ class Scope:
     path: str
     """URL path below the base for links ("Patient", "Patient/1/Observation", "")."""
     compartment: tuple[str, str] | None = None
+    limits: dict[str, Predicate] | None = None
+    """Per type, what a limited caller may see (fhir_server.auth.access); absent: all."""
 
 
 def compartment_filter(type_: str, compartment: tuple[str, str]) -> Predicate:
@@ -101,9 +104,32 @@ def _where(request: SearchRequest, type_: str, scope: Scope) -> Predicate | None
     parts = [p for p in (request.where,) if p is not None]
     if scope.compartment is not None:
         parts.append(compartment_filter(type_, scope.compartment))
+    if scope.limits and type_ in scope.limits:
+        parts.append(scope.limits[type_])
     if not parts:
         return None
     return parts[0] if len(parts) == 1 else And(tuple(parts))
+
+
+async def _limited(
+    access: Access, scope: Scope, request: SearchRequest, single: str | None
+) -> tuple[Scope, SearchRequest]:
+    """The search as a limited caller may run it: each type narrowed to what it may see,
+    types it may not search at all left out (a 403 when it named only such a type), chains
+    and reverse chains limited alike."""
+    if single is not None:
+        await access.require(single, "s")
+    limits: dict[str, Predicate] = {}
+    kept: list[str] = []
+    for type_ in scope.types:
+        limit = await access.search_filter(type_)
+        if limit == NEVER:
+            continue
+        kept.append(type_)
+        if limit is not None:
+            limits[type_] = limit
+    scope = replace(scope, types=tuple(kept), limits=limits)
+    return scope, replace(request, where=await access.guard(request.where))
 
 
 def _page_size(ctx: RequestContext, request: SearchRequest) -> int:
@@ -204,7 +230,10 @@ async def _follow(
                 for ref in _references(v, inc.param, ctx):
                     if inc.target_type in (None, ref[0]):
                         refs[ref] = None
-    return await ctx.store.read_many(list(refs)) if refs else []
+    found = await ctx.store.read_many(list(refs)) if refs else []
+    if ctx.access is not None:
+        found = [v for v in found if await ctx.access.may_see(v)]
+    return found
 
 
 async def _reverse(
@@ -224,8 +253,10 @@ async def _reverse(
             )
             targets = [v for v in frontier if inc.target_type in (None, v.type)]
             links = tuple(ReferenceMatch(c, v.type, v.id) for c in codes for v in targets)
-            if links:
-                query = SearchQuery(source, Or(links), limit=MAX_INCLUDED)
+            limit = await ctx.access.search_filter(source) if ctx.access is not None else None
+            if links and limit != NEVER:
+                where: Predicate = Or(links) if limit is None else And((Or(links), limit))
+                query = SearchQuery(source, where, limit=MAX_INCLUDED)
                 found += [m.version for m in await ctx.store.search(query)]
     return found
 
@@ -268,6 +299,8 @@ async def search(
         scope = Scope(request.types, "")
     if request.where is not None:
         request = replace(request, where=await resolve.resolve(ctx, request.where))
+    if ctx.access is not None:
+        scope, request = await _limited(ctx.access, scope, request, single)
     cursor = Cursor.decode(request.cursor) if request.cursor else None
     size = 0 if request.summary == "count" else _page_size(ctx, request)
     try:
