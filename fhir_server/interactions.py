@@ -17,6 +17,7 @@ import orjson
 
 from fhir_server import errors
 from fhir_server.audit import trail as audit
+from fhir_server.auth.scopes import INTERACTION_PERMS
 from fhir_server.context import RequestContext
 from fhir_server.definitions import R4_RESOURCE_TYPES
 from fhir_server.fhirtime import clock, format_instant, parse_range
@@ -429,10 +430,12 @@ async def history(
     """A history Bundle, newest first, with keyset `next` links that survive concurrent writes."""
     query = _history_query(ctx, type_, id_, params)
     access = ctx.access
+    level = "history-instance" if id_ else "history-type" if type_ else "history-system"
+    perm = INTERACTION_PERMS[level]
     try:
         current = await ctx.store.read(type_, id_) if id_ is not None else None  # type: ignore[arg-type]
         if type_ is not None:
-            await _require_readable(ctx, type_, current)
+            await _require_readable(ctx, type_, current, perm)
         if id_ is not None and current is None:
             raise errors.not_found(f"{type_}/{id_} is not known")
         versions = await ctx.store.history(query) if query.limit else []
@@ -442,7 +445,7 @@ async def history(
     # may come out shorter; the `next` link still follows the unfiltered listing).
     listed = versions
     if access is not None:
-        versions = [v for v in versions if await access.may_see(v)]
+        versions = [v for v in versions if await access.may_see(v, perm)]
     if ctx.audit is not None:
         if current is not None:
             ctx.audit.target(f"{current.type}/{current.id}")

@@ -357,7 +357,10 @@ async def _grant(request: Request, form: dict[str, str], client: Client) -> Resp
             await _audit(request, "token-issue", agent, 400, "authorization code refused")
             raise OAuthError("invalid_grant", "the code is unknown, used, expired, or does "
                              "not match the client, redirect_uri or code_verifier")
-        refresh = await security.grants.issue_refresh(grant)
+        # SMART: a refresh token for an app that asked to stay signed in.
+        scopes = ScopeSet.parse(grant.scope)
+        refresh = await security.grants.issue_refresh(grant) if (
+            scopes.has("offline_access") or scopes.has("online_access")) else None
         return await _issue_user_token(request, grant, client, "token-issue", refresh)
     if kind == "refresh_token":
         rotated = await security.grants.rotate_refresh(form.get("refresh_token", ""),
@@ -384,7 +387,7 @@ async def _grant(request: Request, form: dict[str, str], client: Client) -> Resp
 
 
 async def _issue_user_token(
-    request: Request, grant: CodeGrant, client: Client, kind: str, refresh: str
+    request: Request, grant: CodeGrant, client: Client, kind: str, refresh: str | None
 ) -> Response:
     security = _security(request)
     account = await security.accounts.get(grant.username)

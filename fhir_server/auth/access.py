@@ -248,11 +248,11 @@ class Access:
             return await self.ctx.store.count(v.type, where) > 0
         return True
 
-    async def may_see(self, v: Version) -> bool:
-        """Whether the caller may read `v` (False, not 403, for a type it may not read)."""
-        if await self.limit(v.type, "r") is NOTHING:
+    async def may_see(self, v: Version, perm: str = "r") -> bool:
+        """Whether the caller may see `v` (False, not 403, for a type it may not see at all)."""
+        if await self.limit(v.type, perm) is NOTHING:
             return False
-        return await self.visible(v)
+        return await self.visible(v, perm)
 
     async def require_visible(self, v: Version | None, perm: str = "r") -> None:
         """404, as for a resource that does not exist, unless the caller may see `v` (a

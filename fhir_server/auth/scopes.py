@@ -116,17 +116,13 @@ class ScopeSet:
                 resources.append(scope)
         return cls(_merged(resources), frozenset(names))
 
-    def allows(self, type_: str, perm: str, context: str | None = None) -> bool:
-        """Whether some scope grants `perm` on `type_` (in `context`, if given). Such a scope may
-        restrict which resources: see `granting`."""
-        return any(context in (None, s.context) for s in self.granting(type_, perm))
-
     def granting(self, type_: str, perm: str) -> list[Scope]:
         """The scopes that grant `perm` on `type_`; access is the union of what each allows
         (its context, its query parameters)."""
         return [s for s in self.resources if s.grants(type_, perm)]
 
     def contexts(self, type_: str, perm: str) -> set[str]:
+        """The contexts (patient, user, system) in which some scope grants `perm` on `type_`."""
         return {s.context for s in self.granting(type_, perm)}
 
     def has(self, name: str) -> bool:

@@ -403,3 +403,13 @@ async def test_rotating_the_signing_key_keeps_earlier_tokens_valid(
         assert (await auth_server.http.get("/Patient", headers=headers)).status_code == 200
     published = (await auth_server.root.get("/auth/jwks")).json()["keys"]
     assert new_kid in {k["kid"] for k in published} and len(published) == 2
+
+
+async def test_a_refresh_token_only_for_apps_that_ask_to_stay_signed_in(
+    auth_server: AuthServer,
+) -> None:
+    await auth_server.security.accounts.add("brief", "practitioner", PASSWORD, "Practitioner/b")
+    app = await register(auth_server)
+    app.query["scope"] = "user/*.rs"
+    body = (await app.exchange(app.code_of(await app.login("brief", PASSWORD)))).json()
+    assert body["scope"] == "user/*.rs" and "refresh_token" not in body

@@ -82,15 +82,14 @@ def test_malformed_resource_scopes(text: str, message: str) -> None:
         ScopeSet.parse(f"openid {text}")
 
 
-def test_allows_and_granting() -> None:
+def test_contexts_and_granting() -> None:
     text = f"patient/*.rs user/Observation.cu patient/Observation.r?category={LAB}"
     scopes = ScopeSet.parse(text)
-    assert scopes.allows("Condition", "r")
-    assert scopes.allows("Condition", "s", "patient")
-    assert not scopes.allows("Condition", "s", "user")
-    assert not scopes.allows("Condition", "c")
-    assert scopes.allows("Observation", "u", "user")
-    assert not scopes.allows("Observation", "d")
+    assert scopes.contexts("Condition", "r") == {"patient"}
+    assert scopes.contexts("Condition", "s") == {"patient"}
+    assert scopes.contexts("Condition", "c") == set()
+    assert scopes.contexts("Observation", "u") == {"user"}
+    assert scopes.contexts("Observation", "d") == set()
     assert scopes.contexts("Observation", "r") == {"patient"}
     assert scopes.contexts("Observation", "c") == {"user"}
     assert scopes.contexts("Patient", "d") == set()
