@@ -140,13 +140,22 @@ async def test_requests_without_a_valid_token_get_401(
     assert (await auth_server.http.get("/metadata")).status_code == 200  # capabilities: open
 
 
-async def test_an_expired_token_is_refused(auth_server: AuthServer) -> None:
+async def test_an_expired_token_is_refused(
+    auth_server: AuthServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     security = auth_server.security
     past = time.time() - 3600
     token, _ = security.tokens.issue("old", "system/*.rs", "c", now=past)
     r = await auth_server.http.get("/Patient", headers=bearer(token))
     assert r.status_code == 401
     assert "expired" in r.json()["issue"][0]["diagnostics"]
+    # A token the server has already seen (and so need not verify again) expires all the same.
+    fresh, lifetime = security.tokens.issue("new", "system/*.rs", "c")
+    assert (await auth_server.http.get("/Patient", headers=bearer(fresh))).status_code == 200
+    later = time.time() + lifetime + 60
+    monkeypatch.setattr("fhir_server.auth.service.time.time", lambda: later)
+    r = await auth_server.http.get("/Patient", headers=bearer(fresh))
+    assert r.status_code == 401 and "expired" in r.json()["issue"][0]["diagnostics"]
 
 
 # --- authorization code with PKCE ---------------------------------------------------------
