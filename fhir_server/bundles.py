@@ -668,8 +668,8 @@ class TransactionView(DelegatingStore):
     async def search(self, query: SearchQuery) -> list[Match]:
         return await self._tx.search(query)
 
-    async def count(self, type_: str, where: Predicate | None) -> int:
-        return await self._tx.count(type_, where)
+    async def count(self, type_: str, where: Predicate | None, limit: int | None = None) -> int:
+        return await self._tx.count(type_, where, limit)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:

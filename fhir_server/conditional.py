@@ -84,10 +84,10 @@ async def matches(ctx: RequestContext, c: Criteria, limit: int = 2) -> list[Vers
     if ctx.access is not None:
         # Criteria find only what the caller may see: a hidden match is as if absent.
         await ctx.access.require(c.type, "s")
-        limit = await ctx.access.search_filter(c.type)
+        visible = await ctx.access.search_filter(c.type)
         guarded = await ctx.access.guard(where)
         assert guarded is not None
-        where = guarded if limit is None else And((guarded, limit))
+        where = guarded if visible is None else And((guarded, visible))
     return [m.version for m in await tx.search(SearchQuery(c.type, where, limit=limit))]
 
 

@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     """Page size of a search without _count."""
     search_max_count: int = 1000
     """Largest page a search returns, whatever _count asks."""
+    search_total_limit: int = 1000
+    """Without `_total=accurate` (or `_summary=count`), a search counts its matches up to
+    this many and leaves a larger total out: counting costs no more than this many index
+    entries, however many resources match."""
     max_bundle_entries: int = 10_000
     """A batch or transaction Bundle with more entries is refused with 413."""
     conditional_delete: Literal["single", "multiple"] = "single"

@@ -312,6 +312,9 @@ async def delete(
     try:
         result = await _write(ctx, type_, id_, "DELETE", build, if_match)
     except _NothingToDelete:
+        if ctx.access is not None:
+            # As for a resource it may not see: "did not exist" would tell the difference.
+            raise errors.not_found(f"{type_}/{id_} is not known") from None
         return None
     return result if result.changed else None
 
@@ -352,7 +355,7 @@ async def read(ctx: RequestContext, type_: str, id_: str) -> Version:
     assert current is not None
     if ctx.audit is not None:
         ctx.audit.saw(current)
-    return current
+    return current if ctx.access is None else ctx.access.shown(current)
 
 
 async def vread(ctx: RequestContext, type_: str, id_: str, version_id: str) -> Version:
@@ -362,14 +365,19 @@ async def vread(ctx: RequestContext, type_: str, id_: str, version_id: str) -> V
         found = await ctx.store.vread(type_, id_, int(version_id))
     except StorageError as exc:
         raise errors.unavailable(f"Storage failed: {exc}") from None
-    await _require_readable(ctx, type_, found)
     if found is None:
+        # Said as of a resource that does not exist when the caller's view is limited: "has
+        # no version" would tell that it exists.
+        await _require_readable(ctx, type_, None)
+        if ctx.access is not None:
+            raise errors.not_found(f"{type_}/{id_} is not known")
         raise errors.not_found(f"{type_}/{id_} has no version {version_id}")
+    await _require_readable(ctx, type_, found)
     if found.deleted:
         raise errors.gone(f"Version {version_id} of {type_}/{id_} is a deletion")
     if ctx.audit is not None:
         ctx.audit.saw(found)
-    return found
+    return found if ctx.access is None else ctx.access.shown(found)
 
 
 def _single(params: Mapping[str, list[str]], name: str) -> str | None:
@@ -445,7 +453,7 @@ async def history(
     # may come out shorter; the `next` link still follows the unfiltered listing).
     listed = versions
     if access is not None:
-        versions = [v for v in versions if await access.may_see(v, perm)]
+        versions = [access.shown(v) for v in versions if await access.may_see(v, perm)]
     if ctx.audit is not None:
         if current is not None:
             ctx.audit.target(f"{current.type}/{current.id}")

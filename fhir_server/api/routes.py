@@ -185,9 +185,9 @@ async def read(request: Request) -> Response:
     rtype = _type(request)
     state = request.app.state
     # A read needs no base URL: a light context keeps the hot path short.
-    ctx = RequestContext(
+    ctx = with_access(request, RequestContext(
         state.store, state.settings, state.registry, "", audit=getattr(request.state, "audit", None)
-    )
+    ))
     v = await interactions.read(ctx, rtype, request.path_params["rid"])
     headers = _version_headers(v)
     if _not_modified(request, v):
@@ -427,6 +427,7 @@ routes = [
     _route("/metadata", metadata, None, "GET"),
     _route("", search_system, "search-system", "GET"),
     _route("", process_bundle, "batch", "POST"),
+    _route("/", search_system, "search-system", "GET"),
     _route("/", process_bundle, "batch", "POST"),
     _route("/_search", search_system, "search-system", "POST"),
     _route("/_history", history_system, "history-system", "GET"),

@@ -182,11 +182,12 @@ SECURITY_SUBTYPES = {
     "login": {"system": _DCM, "code": "110122", "display": "Login"},
     "logout": {"system": _DCM, "code": "110123", "display": "Logout"},
     **{code: {"system": SECURITY_EVENT, "code": code} for code in (
-        "password-change", "token-issue", "token-refresh", "token-revoke",
+        "password-change", "token-issue", "token-refresh", "token-revoke", "account-change",
+        "client-change",
     )},
 }
 """What an authentication event is: logins (DICOM's codes, as IHE BALP uses them), password
-changes, and the tokens issued, refreshed and revoked."""
+changes, the tokens issued, refreshed and revoked, and changes to accounts and clients."""
 
 
 def security_event(

@@ -46,6 +46,7 @@ from fhir_server.search.model import (
 )
 from fhir_server.search.parser import parse_search
 from fhir_server.search.registry import patient_compartment
+from fhir_server.search.resolve import resolve
 from fhir_server.store.base import SearchQuery, Version
 
 if TYPE_CHECKING:
@@ -183,6 +184,39 @@ class Access:
             return NOTHING
 
     async def _limit(self, type_: str, perm: str) -> Limit | None:
+        scoped = await self._scope_limit(type_, perm)
+        if scoped is NOTHING:
+            return NOTHING
+        limit = await self._context_limit(type_, perm)
+        return limit if scoped is None or limit is NOTHING else scoped & limit
+
+    async def _scope_limit(self, type_: str, perm: str) -> Limit | None:
+        """What SMART v2 scope parameters (`patient/Observation.rs?category=laboratory`) leave
+        of the type: resources matching the parameters of some scope that grants `perm` (no
+        limit when one of them has none). Such scopes grant reading and searching only: what a
+        write would store cannot be checked against search parameters before it is stored."""
+        scopes = self.principal.scopes
+        granting = scopes.granting(type_, perm) if scopes is not None else []
+        if not granting or any(not s.params for s in granting):
+            return None
+        if perm not in READ:
+            return NOTHING
+        ctx = self.ctx
+        wheres: list[Predicate] = []
+        for s in granting:
+            try:
+                where = parse_search(type_, list(s.params), ctx.registry, ctx.base_url,
+                                     True).where
+            except errors.FhirError:
+                continue  # parameters this server cannot apply grant nothing
+            if where is None:
+                return None
+            wheres.append(await resolve(ctx, where))
+        if not wheres:
+            return NOTHING
+        return Limit(where=wheres[0] if len(wheres) == 1 else Or(tuple(wheres)))
+
+    async def _context_limit(self, type_: str, perm: str) -> Limit | None:
         p = self.principal
         if p.scopes is None:
             return None
@@ -278,6 +312,18 @@ class Access:
                     f"Access denied: the {type_} would belong to a patient outside your care"
                 )
 
+    def shown(self, v: Version) -> Version:
+        """`v` as this caller gets it. A patient's view of an AuditEvent keeps only what is
+        about them: an event of a search that also returned other patients' data names those
+        patients and the query (their names, perhaps), which are not theirs to see."""
+        own = self.principal.patient
+        if self.principal.role != "patient" or v.type != "AuditEvent" or own is None or \
+                v.body is None:
+            return v
+        redacted = _redacted_event(v.resource(), f"Patient/{own}")
+        return Version(v.type, v.id, v.version, v.last_updated, v.method,
+                       orjson.dumps(redacted))
+
     # --- searches
 
     def predicate(self, type_: str, limit: Limit | None) -> Predicate | None:
@@ -369,6 +415,37 @@ def _patient_may_change(current: Version | None, resource: dict[str, Any]) -> No
             f"Access denied: patients may change only their telecom, address, name and "
             f"communication, not {fields}"
         )
+
+
+REDACTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+            "code": "REDACTED"}
+_PATIENT_ROLE_CODE = "1"
+_RESOURCE_ROLE_CODE = "4"
+
+
+def _redacted_event(event: dict[str, Any], own: str) -> dict[str, Any]:
+    """The entities of `event` that concern the patient `own` alone: their own Patient, and the
+    resources the event names when it names no other patient. Queries are left out."""
+    entities = event.get("entity") or []
+
+    def reference(e: dict[str, Any]) -> str:
+        return str((e.get("what") or {}).get("reference", "")).split("/_history/")[0]
+
+    def role(e: dict[str, Any]) -> str | None:
+        return (e.get("role") or {}).get("code")
+
+    others = {reference(e) for e in entities if role(e) == _PATIENT_ROLE_CODE} - {own}
+    kept = [e for e in entities if reference(e) == own
+            or (not others and role(e) == _RESOURCE_ROLE_CODE)]
+    if len(kept) == len(entities):
+        return event
+    meta = event.get("meta") or {}
+    shown = {**event, "meta": {**meta, "security": [*meta.get("security", []), REDACTED]}}
+    if kept:
+        shown["entity"] = kept
+    else:
+        shown.pop("entity", None)
+    return shown
 
 
 def _linked_types(p: Predicate) -> set[str]:

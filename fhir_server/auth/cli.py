@@ -8,6 +8,7 @@ output; confirmations, warnings and errors to standard error (`console`).
 from __future__ import annotations
 
 import asyncio
+import getpass
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -21,6 +22,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
 
+from fhir_server.audit.events import Agent
+from fhir_server.audit.trail import AuditTrail
 from fhir_server.auth.accounts import (
     ROLES,
     AccountError,
@@ -31,6 +34,7 @@ from fhir_server.auth.accounts import (
 from fhir_server.auth.clients import ClientError, Clients
 from fhir_server.cli import DataDir, MongoUrl, console, settings_from
 from fhir_server.config import Settings
+from fhir_server.search.registry import default_registry
 from fhir_server.store import build_store
 from fhir_server.store.base import StorageError, Store
 
@@ -73,15 +77,28 @@ def _run(
     data_dir: Path | None,
     mongodb_url: str | None,
     action: Callable[[Store, Settings], Awaitable[T]],
+    audit: tuple[str, str] | None = None,
 ) -> T:
-    """`action` on the configured store; a refusal ends the command with its message."""
+    """`action` on the configured store; a refusal ends the command with its message. With
+    `audit` (kind, what), the change is recorded, refused or done, as an AuditEvent naming the
+    operating-system user who ran the command."""
     settings = settings_from(data_dir, mongodb_url)
 
     async def run() -> T:
         store = build_store(settings)
         await store.open()
         try:
-            return await action(store, settings)
+            if audit is None:
+                return await action(store, settings)
+            trail = AuditTrail(store, default_registry(), settings.audit_source, settings.audit)
+            agent = Agent(f"fhir-server {audit[0]}", getpass.getuser(), roles=("operator",))
+            try:
+                result = await action(store, settings)
+            except (AccountError, ClientError) as exc:
+                await trail.record_security(audit[0], agent, 400, f"{audit[1]}: refused: {exc}")
+                raise
+            await trail.record_security(audit[0], agent, 200, audit[1])
+            return result
         finally:
             await store.close()
 
@@ -133,7 +150,8 @@ def users_add(
         await accounts.add(username, role, secret, resource, temporary=temporary)
         return await accounts.enroll_totp(username) if totp else None
 
-    totp_secret = _run(data_dir, mongodb_url, add)
+    totp_secret = _run(data_dir, mongodb_url, add,
+                       ("account-change", f"add user {username} ({role} {resource or ''})"))
     acting = f" as {resource}" if resource else ""
     console.print(f"added user {escape(username)} ({role}{escape(acting)})")
     if totp_secret:
@@ -150,7 +168,8 @@ def users_passwd(
     """Give a user a temporary password (to be changed at the next login); also unlocks."""
     secret = _ask_password(password)
     _run(data_dir, mongodb_url,
-         lambda store, settings: Accounts(store, settings).set_password(username, secret))
+         lambda store, settings: Accounts(store, settings).set_password(username, secret),
+         ("password-change", f"temporary password set for {username}"))
     console.print(f"password of {escape(username)} set: temporary, to be changed at the next "
                   "login")
 
@@ -163,7 +182,8 @@ def users_unlock(
 ) -> None:
     """Lift a lock left by failed logins."""
     _run(data_dir, mongodb_url,
-         lambda store, settings: Accounts(store, settings).unlock(username))
+         lambda store, settings: Accounts(store, settings).unlock(username),
+         ("account-change", f"unlock {username}"))
     console.print(f"unlocked {escape(username)}")
 
 
@@ -175,7 +195,8 @@ def users_totp(
 ) -> None:
     """Enroll TOTP for a user, or enroll again (the previous authenticator stops working)."""
     secret = _run(data_dir, mongodb_url,
-                  lambda store, settings: Accounts(store, settings).enroll_totp(username))
+                  lambda store, settings: Accounts(store, settings).enroll_totp(username),
+                  ("account-change", f"TOTP enrolled for {username}"))
     _print_totp(username, secret)
 
 
@@ -223,6 +244,7 @@ def clients_add(
     client, secret = _run(
         data_dir, mongodb_url,
         lambda store, _: Clients(store).add(name, scopes, keys, redirect_uri or ()),
+        ("client-change", f"register client {name!r} with scopes {scopes!r}"),
     )
     typer.echo(f"client_id: {client.client_id}")
     if secret is not None:
@@ -250,7 +272,8 @@ def clients_remove(
     mongodb_url: MongoUrl = None,
 ) -> None:
     """Remove a client: it can no longer authenticate."""
-    client = _run(data_dir, mongodb_url, lambda store, _: Clients(store).remove(client_id))
+    client = _run(data_dir, mongodb_url, lambda store, _: Clients(store).remove(client_id),
+                  ("client-change", f"remove client {client_id}"))
     console.print(f"removed client {escape(client.client_id)} ({escape(client.name)})")
 
 

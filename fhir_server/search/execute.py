@@ -179,8 +179,18 @@ async def _page(
     return matches[:size], len(matches) > size, None
 
 
-async def _total(ctx: RequestContext, request: SearchRequest, scope: Scope) -> int:
-    return sum([await ctx.store.count(t, _where(request, t, scope)) for t in scope.types])
+async def _total(ctx: RequestContext, request: SearchRequest, scope: Scope) -> int | None:
+    """How many resources match: exactly with `_total=accurate` or `_summary=count`, else
+    when there are at most `search_total_limit` of them (None: more than that)."""
+    exact = request.total == "accurate" or request.summary == "count"
+    limit = ctx.settings.search_total_limit
+    total = 0
+    for t in scope.types:
+        remaining = None if exact else limit + 1 - total
+        total += await ctx.store.count(t, _where(request, t, scope), remaining)
+        if not exact and total > limit:
+            return None
+    return total
 
 
 def _references(v: Version, param_code: str, ctx: RequestContext) -> Iterable[tuple[str, str]]:
@@ -315,6 +325,9 @@ async def search(
         included = await _included(ctx, request, versions) if versions else []
         if ctx.audit is not None:
             ctx.audit.disclosed([*versions, *included])
+        if ctx.access is not None:
+            versions = [ctx.access.shown(v) for v in versions]
+            included = [ctx.access.shown(v) for v in included]
     except StorageError as exc:
         raise errors.unavailable(f"Storage failed: {exc}") from None
     kept = [*request.kept, ("_count", str(size))]

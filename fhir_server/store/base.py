@@ -168,7 +168,7 @@ class Transaction(ABC):
         conditional references and searches inside a transaction bundle)."""
 
     @abstractmethod
-    async def count(self, type_: str, where: Predicate | None) -> int:
+    async def count(self, type_: str, where: Predicate | None, limit: int | None = None) -> int:
         """`Store.count`, seeing this transaction's own writes."""
 
     @abstractmethod
@@ -225,7 +225,9 @@ class Store(ABC):
     async def search(self, query: SearchQuery) -> list[Match]: ...
 
     @abstractmethod
-    async def count(self, type_: str, where: Predicate | None) -> int: ...
+    async def count(self, type_: str, where: Predicate | None, limit: int | None = None) -> int:
+        """How many current resources of `type_` match `where`; with `limit`, counting stops
+        there (a search's total costs no more than that many index entries)."""
 
     @abstractmethod
     async def replace_index(self, version: Version, index: ResourceIndex) -> bool:
@@ -281,8 +283,8 @@ class DelegatingStore(Store):
     async def search(self, query: SearchQuery) -> list[Match]:
         return await self.inner.search(query)
 
-    async def count(self, type_: str, where: Predicate | None) -> int:
-        return await self.inner.count(type_, where)
+    async def count(self, type_: str, where: Predicate | None, limit: int | None = None) -> int:
+        return await self.inner.count(type_, where, limit)
 
     async def replace_index(self, version: Version, index: ResourceIndex) -> bool:
         return await self.inner.replace_index(version, index)

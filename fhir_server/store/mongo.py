@@ -215,8 +215,8 @@ class MongoTransaction(Transaction):
     async def search(self, query: SearchQuery) -> list[Match]:
         return await self._store._search(query, self._session)
 
-    async def count(self, type_: str, where: Predicate | None) -> int:
-        return await self._store._count(type_, where, self._session)
+    async def count(self, type_: str, where: Predicate | None, limit: int | None = None) -> int:
+        return await self._store._count(type_, where, self._session, limit)
 
     async def lock(self, key: str) -> None:
         """A document `{_id: key}` in `locks`, inserted outside any server transaction so
@@ -473,13 +473,16 @@ class MongoStore(Store):
             for d in docs
         ]
 
-    async def count(self, type_: str, where: Predicate | None) -> int:
-        return await self._count(type_, where, None)
+    async def count(self, type_: str, where: Predicate | None, limit: int | None = None) -> int:
+        return await self._count(type_, where, None, limit)
 
-    async def _count(self, type_: str, where: Predicate | None, session: Any) -> int:
+    async def _count(
+        self, type_: str, where: Predicate | None, session: Any, limit: int | None = None
+    ) -> int:
+        bounded = {} if limit is None else {"limit": limit}
         with _guard(f"count {type_}"):
             filter_ = await self._filter(type_, where, session)
-            return await self._db[type_].count_documents(filter_, session=session)
+            return await self._db[type_].count_documents(filter_, session=session, **bounded)
 
     async def explain(self, query: SearchQuery) -> Doc:
         """MongoDB's plan for a search (tests assert index use against a real server)."""

@@ -158,9 +158,9 @@ class SqliteTransaction(Transaction):
         _guard(self.flush)
         return self._store._search(self._conn, query)
 
-    async def count(self, type_: str, where: Predicate | None) -> int:
+    async def count(self, type_: str, where: Predicate | None, limit: int | None = None) -> int:
         _guard(self.flush)
-        return self._store._count(self._conn, type_, where)
+        return self._store._count(self._conn, type_, where, limit)
 
     async def current(self, type_: str, id_: str) -> Version | None:
         if "resources" in self._pending:
@@ -429,15 +429,22 @@ class SqliteStore(Store):
         versions = {row[1]: _version(row) for row in bodies}
         return [Match(versions[row[0]], (*row[1:], row[0])) for row in page]
 
-    async def count(self, type_: str, where: Predicate | None) -> int:
-        return self._count(self._read_conn, type_, where)
+    async def count(self, type_: str, where: Predicate | None, limit: int | None = None) -> int:
+        return self._count(self._read_conn, type_, where, limit)
 
-    def _count(self, conn: sqlite3.Connection, type_: str, where: Predicate | None) -> int:
+    def _count(
+        self, conn: sqlite3.Connection, type_: str, where: Predicate | None,
+        limit: int | None = None,
+    ) -> int:
         sql = Sql()
-        text = index_only_count(where, type_, sql)
-        if text is None:
-            text = f"SELECT count(*) FROM resources r WHERE {self._where(type_, where, sql)}"
-        rows = self._fetch(text, tuple(sql.params), conn)
+        rows_of = index_only_count(where, type_, sql)
+        if rows_of is None:
+            rows_of = f"SELECT r.id FROM resources r WHERE {self._where(type_, where, sql)}"
+        text = f"SELECT count(*) FROM ({rows_of}"
+        if limit is not None:
+            text += " LIMIT ?"
+            sql.params.append(limit)
+        rows = self._fetch(text + ")", tuple(sql.params), conn)
         return int(rows[0][0])
 
     def explain(self, query: SearchQuery) -> list[str]:

@@ -328,14 +328,17 @@ def _probe(p: Predicate, outer: str, rtype: str, sql: Sql) -> str:
 
 
 def index_only_count(p: Predicate | None, rtype: str, sql: Sql) -> str | None:
-    """A count read from one index table alone, when `p` is leaves on one parameter: index
-    rows exist only for current, non-deleted resources, so the resources table is not needed."""
+    """The matching ids read from one index table alone, when `p` is leaves on one parameter
+    (to count): index rows exist only for current, non-deleted resources, so the resources
+    table is not needed."""
     found = None if p is None else _one_parameter(p)
     if found is None:
         return None
     table, param, leaves = found
     sql.params += [rtype, param]
-    return (f"SELECT count(DISTINCT a.rid) FROM {table} a WHERE a.rtype = ? AND a.param = ? "
+    # `+a.rid`: an expression, so the planner cannot pick the (rtype, rid, param) index to
+    # deliver distinct rids in order, and keeps to the index of the condition.
+    return (f"SELECT DISTINCT +a.rid FROM {table} a WHERE a.rtype = ? AND a.param = ? "
             f"AND ({_any_of(leaves, 'a', sql)})")
 
 

@@ -288,8 +288,8 @@ class FailingTransaction(Transaction):
     async def search(self, query: SearchQuery) -> list[Match]:
         return await self._tx.search(query)
 
-    async def count(self, type_: str, where: Predicate | None) -> int:
-        return await self._tx.count(type_, where)
+    async def count(self, type_: str, where: Predicate | None, limit: int | None = None) -> int:
+        return await self._tx.count(type_, where, limit)
 
     async def lock(self, key: str) -> None:
         await self._tx.lock(key)

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import os
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 import pyotp
@@ -249,3 +250,23 @@ def test_clients_remove(run: Callable[..., Result], tmp_path: Path) -> None:
     assert result.exit_code == 0 and f"removed client {client_id} (Old app)" in result.stderr
     assert on_store(tmp_path, lambda store: Clients(store).list()) == []
     assert_refused(run("clients", "remove", client_id), f"no client {client_id}")
+
+
+def test_account_and_client_changes_are_audited(run: Callable[..., Result], tmp_path: Path) -> None:
+    assert run("users", "add", "eve", "--role", "auditor", "--password", PASSWORD).exit_code == 0
+    assert run("users", "add", "eve", "--role", "auditor", "--password", PASSWORD).exit_code == 1
+    assert run("users", "passwd", "eve", "--password", "another long secret").exit_code == 0
+    assert run("clients", "add", "lab", "--scopes", "system/*.rs").exit_code == 0
+
+    async def events(store: Store) -> list[dict[str, Any]]:
+        from fhir_server.audit.chain import verify, walk
+
+        assert (await verify(store)).intact
+        return [v.resource() async for v in walk(store)]
+
+    recorded = on_store(tmp_path, events)
+    kinds = [(e["subtype"][0]["code"], e["outcome"]) for e in recorded]
+    assert kinds == [("account-change", "0"), ("account-change", "4"),
+                     ("password-change", "0"), ("client-change", "0")]
+    assert all(e["agent"][0]["altId"] == getpass.getuser() for e in recorded)
+    assert "already exists" in recorded[1]["outcomeDesc"]

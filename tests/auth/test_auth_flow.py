@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 import secrets
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -20,10 +22,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from typer.testing import CliRunner
 
+from fhir_server.app import create_app
 from fhir_server.auth.service import auth_required
 from fhir_server.cli import app as cli
 from fhir_server.config import Settings
 from tests.auth.conftest import AuthServer
+from tests.conftest import BASE, drop_store, make_store, settings_for
 
 REDIRECT = "https://app.example/callback"
 PASSWORD = "correct horse battery"
@@ -422,3 +426,136 @@ async def test_a_refresh_token_only_for_apps_that_ask_to_stay_signed_in(
     app.query["scope"] = "user/*.rs"
     body = (await app.exchange(app.code_of(await app.login("brief", PASSWORD)))).json()
     assert body["scope"] == "user/*.rs" and "refresh_token" not in body
+
+
+async def test_scope_parameters_narrow_what_a_scope_grants(auth_server: AuthServer) -> None:
+    ids: dict[str, str] = {}
+    for code in ("8867-4", "8310-5"):
+        r = await auth_server.http.post("/Observation", headers=auth_server.system, json={
+            "resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]}})
+        assert r.status_code == 201, r.text
+        ids[code] = r.json()["id"]
+    narrow = auth_server.headers(scope="system/Observation.rs?code=http://loinc.org|8867-4")
+    found = await auth_server.http.get("/Observation", headers=narrow,
+                                       params={"_total": "accurate"})
+    assert found.json()["total"] == 1
+    assert [e["resource"]["id"] for e in found.json()["entry"]] == [ids["8867-4"]]
+    assert (await auth_server.http.get(f"/Observation/{ids['8867-4']}",
+                                       headers=narrow)).status_code == 200
+    assert (await auth_server.http.get(f"/Observation/{ids['8310-5']}",
+                                       headers=narrow)).status_code == 404
+    # Another scope without parameters grants the rest; a parameter the server does not know
+    # grants nothing; and parameters limit reading only: a write under them is refused.
+    both = auth_server.headers(scope="system/Observation.rs?code=http://loinc.org|8867-4 "
+                                     "system/Observation.rs")
+    assert (await auth_server.http.get(f"/Observation/{ids['8310-5']}",
+                                       headers=both)).status_code == 200
+    unknown = auth_server.headers(scope="system/Observation.rs?colour=blue")
+    assert (await auth_server.http.get("/Observation", headers=unknown)).status_code == 403
+    writer = auth_server.headers(scope="system/Observation.c?code=http://loinc.org|8867-4")
+    r = await auth_server.http.post("/Observation", headers=writer, json={
+        "resourceType": "Observation", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]}})
+    assert r.status_code == 403
+
+
+async def test_tokens_of_a_configured_identity_provider_are_accepted(
+    engine: str, tmp_path: Path
+) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    public.update(kid="idp-1", alg="RS256", use="sig")
+    jwks = tmp_path / "idp-jwks.json"
+    jwks.write_text(json.dumps({"keys": [public]}))
+    issuer = "https://idp.example/realms/clinic"
+    settings = settings_for(
+        tmp_path, auth="required", external_issuer=issuer, external_jwks=str(jwks),
+        external_claims={"scope": "scp", "role": "realm_access.roles", "sub": "preferred_username",
+                         "fhirUser": "fhir_user"},
+    )
+
+    def token(**claims: Any) -> dict[str, str]:
+        now = int(time.time())
+        body = {"iss": issuer, "exp": now + 300, "iat": now, "jti": secrets.token_hex(8),
+                "preferred_username": "audrey", "scp": "user/*.rs",
+                "realm_access": {"roles": ["offline_access", "auditor"]}, **claims}
+        return bearer(jwt.encode(body, key, "RS256", {"kid": "idp-1"}))
+
+    store, handle = await make_store(engine, tmp_path)
+    app = create_app(settings, store)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url=BASE) as http:
+            assert (await http.get("/AuditEvent", headers=token())).status_code == 200
+            assert (await http.get("/Patient", headers=token())).status_code == 403
+            other = token(iss="https://elsewhere.example")
+            assert (await http.get("/AuditEvent", headers=other)).status_code == 401
+            events = (await http.get("/AuditEvent", headers=token(),
+                                     params={"altid": "audrey"})).json()
+            agents = [e["resource"]["agent"][0] for e in events["entry"]]
+            assert len(agents) == 2 and all(a["role"] == [{"text": "auditor"}] for a in agents)
+    await drop_store(handle)
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (PEM files)."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1)).not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+def test_serve_speaks_tls_and_requires_tokens(tmp_path: Path) -> None:
+    import socket
+    import ssl
+    import subprocess
+    import sys
+
+    cert, key = self_signed(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = [sys.executable, "-c", "from fhir_server.cli import main; main()", "serve",
+            "--port", str(port), "--data-dir", str(tmp_path / "data"), "--no-seed",
+            "--auth", "required", "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)]
+    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"https://127.0.0.1:{port}/fhir"
+        trusted = ssl.create_default_context(cafile=str(cert))
+        with httpx.Client(verify=trusted, timeout=5) as http:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    metadata = http.get(f"{base}/metadata")
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline, "the server did not start"
+                    time.sleep(0.3)
+            assert metadata.status_code == 200
+            assert http.get(f"{base}/Patient").status_code == 401
+            config = http.get(f"{base}/.well-known/smart-configuration").json()
+            assert config["token_endpoint"] == f"https://127.0.0.1:{port}/auth/token"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -7,12 +7,15 @@ function-scoped `client` fixture. Expected results come from the data (`fixtures
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
 
+from fhir_server.app import create_app
+from tests.conftest import drop_store, make_store, settings_for
 from tests.search.conftest import (
     BASE,
     BIG,
@@ -329,6 +332,35 @@ async def test_total_accurate_and_none(loaded: Loaded, count: str) -> None:
                                [("code", "8867-4"), ("_total", "none"), ("_count", count)])
     assert all("total" not in p for p in pages)
     assert {e["resource"]["id"] for p in pages for e in entries(p)} == expected
+
+
+async def test_total_is_counted_up_to_the_limit(engine: str, tmp_path: Path) -> None:
+    """Without _total=accurate a total is counted only up to `search_total_limit` matches:
+    past that it is left out (and costs no more than that many index entries)."""
+    store, handle = await make_store(engine, tmp_path)
+    app = create_app(settings_for(tmp_path, search_total_limit=3, audit=False), store)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url=BASE) as http:
+            families = ["Many"] * 5 + ["Few"] * 3
+            for family in families:
+                r = await http.post("/Patient", json={"resourceType": "Patient",
+                                                      "name": [{"family": family}]})
+                assert r.status_code == 201
+
+            async def total(*params: tuple[str, str]) -> int | None:
+                r = await http.get("/Patient", params=list(params))
+                assert r.status_code == 200, r.text
+                return r.json().get("total")
+
+            assert await total(("family", "Many"), ("_count", "2")) is None
+            assert await total(("family", "Many"), ("_count", "2"), ("_total", "estimate")) is None
+            assert await total(("family", "Many"), ("_count", "2"), ("_total", "accurate")) == 5
+            assert await total(("family", "Many"), ("_summary", "count")) == 5
+            assert await total(("family", "Many"), ("_count", "10")) == 5  # one page holds all
+            assert await total(("family", "Few"), ("_count", "2")) == 3
+            assert await total(("_count", "1")) is None
+    await drop_store(handle)
 
 
 async def test_summary_count(loaded: Loaded) -> None:
