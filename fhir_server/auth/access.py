@@ -73,7 +73,8 @@ PATIENT_EDITABLE = frozenset(("telecom", "address", "name", "communication"))
 _IGNORED_ON_COMPARE = frozenset(("meta", "text", "id", "resourceType"))
 ROLES = ("practitioner", "patient", "admin", "auditor", "insurer")
 _RELATED_LIMIT = 10_000
-_ACTIVE_ENCOUNTER = "planned,arrived,triaged,in-progress,onleave,finished"
+_ACTIVE_ENCOUNTER = "arrived,triaged,in-progress,onleave,finished"
+"""Encounters that give a participant access (a planned one does not, yet)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +106,7 @@ class Limit:
     patients: frozenset[str] | None = None
     """Patient ids: the resource must be in the compartment of one of them."""
     where: Predicate | None = None
-    """Any other condition (an insurer's payer)."""
+    """Any other condition (an insurer's payer, the parameters of SMART v2 scopes)."""
 
     def __and__(self, other: Limit | None) -> Limit:
         if other is None:
