@@ -4,6 +4,7 @@ credentials (secret and private_key_jwt), and the audit records all of it leaves
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -559,3 +560,28 @@ def test_serve_speaks_tls_and_requires_tokens(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+async def test_users_and_clients_added_with_the_cli_work_on_the_running_server(
+    auth_server: AuthServer, engine: str
+) -> None:
+    if engine != "sqlite":
+        pytest.skip("the CLI opens its own store: mongomock lives inside this process only")
+    data_dir = str(auth_server.app.state.settings.data_dir)
+
+    def invoke(args: list[str]) -> Any:  # in a thread: the CLI runs its own event loop
+        return asyncio.to_thread(CliRunner().invoke, cli, args)
+
+    added = await invoke(["users", "add", "late", "--role", "practitioner", "--resource",
+                                "Practitioner/late", "--password", PASSWORD,
+                                "--data-dir", data_dir])
+    assert added.exit_code == 0, added.output
+    registered = await invoke(["clients", "add", "late app", "--scopes",
+                                     "user/*.rs offline_access", "--redirect-uri", REDIRECT,
+                                     "--data-dir", data_dir])
+    assert registered.exit_code == 0, registered.output
+    client_id = re.findall(r"client_id: (\S+)", registered.stdout)[0]
+    secret = re.findall(r"client_secret: (\S+)", registered.stdout)[0]
+    app = App(auth_server, client_id, secret)
+    r = await app.exchange(app.code_of(await app.login("late", PASSWORD)))
+    assert r.status_code == 200 and r.json()["fhirUser"] == "Practitioner/late"
