@@ -15,7 +15,6 @@ follow RFC 6749 (`{"error": ..., "error_description": ...}`), never a stack trac
 from __future__ import annotations
 
 import base64
-import binascii
 import html
 from datetime import UTC, datetime
 from typing import Any
@@ -31,7 +30,7 @@ from fhir_server.api.routes import base_url
 from fhir_server.audit.events import Agent
 from fhir_server.auth.accounts import AccountError, LoginResult, LoginStatus
 from fhir_server.auth.clients import Client
-from fhir_server.auth.grants import CodeGrant
+from fhir_server.auth.grants import CHALLENGE, CodeGrant
 from fhir_server.auth.scopes import ScopeError, ScopeSet
 from fhir_server.auth.service import Security, issuer_of
 from fhir_server.auth.tokens import TokenError, verify_client_assertion
@@ -186,6 +185,8 @@ def _request_error(params: dict[str, str]) -> str | None:
         return "response_type must be code"
     if params.get("code_challenge_method") != "S256" or not params.get("code_challenge"):
         return "PKCE is required: code_challenge with code_challenge_method S256"
+    if not CHALLENGE.fullmatch(params["code_challenge"]):
+        return "code_challenge must be the unpadded base64url SHA-256 of the code_verifier"
     return None
 
 
@@ -287,7 +288,7 @@ async def _authenticate_client(request: Request, form: dict[str, str]) -> Client
     if header.lower().startswith("basic "):
         try:
             decoded = base64.b64decode(header[6:], validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # binascii.Error, UnicodeDecodeError, non-ASCII text
             raise OAuthError("invalid_client", "malformed Basic credentials", 401) from None
         client_id, _, secret = decoded.partition(":")
     if form.get("client_assertion_type") == ASSERTION_TYPE:
@@ -392,9 +393,15 @@ async def _issue_user_token(
     security = _security(request)
     account = await security.accounts.get(grant.username)
     agent = _agent(request, grant.username, grant.role, grant.fhir_user)
-    if account is None:
-        await _audit(request, kind, agent, 400, f"{grant.username} no longer exists")
-        raise OAuthError("invalid_grant", "the user no longer exists")
+    if (
+        account is None
+        or (account.role, account.resource) != (grant.role, grant.fhir_user)
+        or account.password_changed.timestamp() > grant.signed_in
+    ):
+        # Deleted, now another role or person, or its password changed (perhaps because it
+        # was stolen): the session granted at sign-in is over.
+        await _audit(request, kind, agent, 400, f"{grant.username} changed since sign-in")
+        raise OAuthError("invalid_grant", "the account changed since sign-in: sign in again")
     access, lifetime = security.tokens.issue(
         grant.username, grant.scope, client.client_id, grant.fhir_user, grant.role)
     await _audit(request, kind, agent, 200,

@@ -339,7 +339,11 @@ async def reindex_type(request: Request) -> Response:
     rtype = _type(request)
     ctx = context(request)
     if ctx.access is not None:
-        await ctx.access.require("SearchParameter", "u")  # administrators and system clients
+        # Administrators and system clients; it tells how many resources there are, so only
+        # to a caller who may search all of the type.
+        await ctx.access.require("SearchParameter", "u")
+        if await ctx.access.limit(rtype) is not None:
+            raise errors.forbidden(f"Access denied: $reindex needs access to every {rtype}")
     result = await reindex.reindex(ctx, request.app.state.indexing, rtype)
     active = ", ".join(result.activated) or "none"
     text = (f"Reindexed {result.reindexed} {rtype} resources; custom parameters searchable "

@@ -39,6 +39,7 @@ from fhir_server.search.model import (
     Chain,
     Has,
     IdMatch,
+    ListMatch,
     Not,
     Or,
     Predicate,
@@ -68,9 +69,15 @@ SHARED = frozenset((
 ))
 """Clinical definitions that belong to no patient: readable by practitioners and patients."""
 READ = frozenset("rs")
+PATIENT_AUDIT_CRITERIA = frozenset((
+    "_id", "_lastUpdated", "date", "type", "subtype", "action", "outcome", "agent", "agent-name",
+    "altid", "address",
+))
+"""AuditEvent parameters on what a patient's view of an event keeps (see `shown`)."""
 PATIENT_EDITABLE = frozenset(("telecom", "address", "name", "communication"))
 """What a patient may change in their own Patient resource."""
-_IGNORED_ON_COMPARE = frozenset(("meta", "text", "id", "resourceType"))
+_SERVER_META = frozenset(("versionId", "lastUpdated", "source"))
+"""What the server itself sets in `meta`: not a change the patient made."""
 ROLES = ("practitioner", "patient", "admin", "auditor", "insurer")
 _RELATED_LIMIT = 10_000
 _ACTIVE_ENCOUNTER = "arrived,triaged,in-progress,onleave,finished"
@@ -210,6 +217,8 @@ class Access:
                                      True).where
             except errors.FhirError:
                 continue  # parameters this server cannot apply grant nothing
+            if where is not None and _reaches_other_resources(where):
+                continue  # chains, _has, _list: judged on resources the caller may not see
             if where is None:
                 return None
             wheres.append(await resolve(ctx, where))
@@ -337,6 +346,25 @@ class Access:
             parts.append(limit.where)
         return parts[0] if len(parts) == 1 else And(tuple(parts))
 
+    def check_criteria(self, type_: str, where: Predicate | None) -> None:
+        """A patient searches their audit trail only by what their redacted view of it shows:
+        criteria on the parts left out (other patients, queries) would find events by them."""
+        own = self.principal.patient
+        if self.principal.role != "patient" or type_ != "AuditEvent" or where is None:
+            return
+        for leaf in _leaves(where):
+            param = getattr(leaf, "param", None)
+            if isinstance(leaf, IdMatch) or (param in PATIENT_AUDIT_CRITERIA
+                                             and not isinstance(leaf, Has)):
+                continue
+            if param == "patient" and isinstance(leaf, ReferenceMatch) and \
+                    (leaf.type, leaf.id) in (("Patient", own), (None, own)):
+                continue
+            raise errors.forbidden(
+                f"Access denied: patients search AuditEvents by "
+                f"{', '.join(sorted(PATIENT_AUDIT_CRITERIA))} or patient=Patient/{own} only"
+            )
+
     async def search_filter(self, type_: str) -> Predicate | None:
         return self.predicate(type_, await self.limit(type_))
 
@@ -406,10 +434,13 @@ def _patient_may_change(current: Version | None, resource: dict[str, Any]) -> No
     if current is None or current.body is None:
         raise errors.forbidden("Access denied: patients may not create resources")
     before = current.resource()
-    changed = {
-        k for k in set(before) | set(resource)
-        if k not in _IGNORED_ON_COMPARE and before.get(k) != resource.get(k)
-    }
+
+    def content(r: dict[str, Any]) -> dict[str, Any]:
+        meta = {k: v for k, v in (r.get("meta") or {}).items() if k not in _SERVER_META}
+        return {**r, "meta": meta}
+
+    old, new = content(before), content(resource)
+    changed = {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
     if changed - PATIENT_EDITABLE:
         fields = ", ".join(sorted(changed - PATIENT_EDITABLE))
         raise errors.forbidden(
@@ -449,6 +480,16 @@ def _redacted_event(event: dict[str, Any], own: str) -> dict[str, Any]:
     return shown
 
 
+def _reaches_other_resources(p: Predicate) -> bool:
+    if isinstance(p, Chain | Has | ListMatch):
+        return True
+    if isinstance(p, And | Or):
+        return any(_reaches_other_resources(c) for c in p.predicates)
+    if isinstance(p, Not):
+        return _reaches_other_resources(p.predicate)
+    return False
+
+
 def _linked_types(p: Predicate) -> set[str]:
     if isinstance(p, Chain):
         return {p.target_type} | _linked_types(p.where)
@@ -475,6 +516,15 @@ def _limited(p: Predicate, filters: dict[str, Predicate | None]) -> Predicate:
     if isinstance(p, Not):
         return Not(_limited(p.predicate, filters))
     return p
+
+
+def _leaves(p: Predicate) -> list[Predicate]:
+    """The parts of `p` below And, Or and Not (chains and reverse chains count as leaves)."""
+    if isinstance(p, And | Or):
+        return [leaf for c in p.predicates for leaf in _leaves(c)]
+    if isinstance(p, Not):
+        return _leaves(p.predicate)
+    return [p]
 
 
 def _with(where: Predicate, limit: Predicate | None) -> Predicate:

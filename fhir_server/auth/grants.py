@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -33,7 +34,7 @@ REFRESH_USED = "auth.refresh-used."
 FAMILY_REVOKED = "auth.refresh-revoked."
 REVOKED = "auth.revoked."
 ASSERTION = "auth.assertion."
-_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")
+CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")
 """An S256 code_challenge: base64url of a SHA-256, unpadded."""
 _VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")
 """RFC 7636 code_verifier."""
@@ -48,6 +49,8 @@ class CodeGrant:
     scope: str
     fhir_user: str | None
     role: str | None
+    signed_in: float
+    """When the user signed in (epoch seconds): a password changed since ends the session."""
 
 
 @dataclass(frozen=True)
@@ -82,10 +85,12 @@ class Grants:
         challenge (the authorize endpoint reports that to the client)."""
         if challenge_method != "S256":
             raise ValueError("code_challenge_method must be S256")
-        if not _CHALLENGE.fullmatch(code_challenge):
+        if not CHALLENGE.fullmatch(code_challenge):
             raise ValueError("code_challenge must be an unpadded base64url SHA-256")
         code = secrets.token_urlsafe(32)
-        grant = CodeGrant(username, client_id, scope, fhir_user, role)
+        grant = CodeGrant(
+            username, client_id, scope, fhir_user, role, time.time() if now is None else now
+        )
         record = {
             **asdict(grant), "redirect_uri": redirect_uri, "challenge": code_challenge,
             "expires": epoch(now) + self.settings.authorization_code_seconds,

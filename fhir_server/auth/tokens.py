@@ -209,6 +209,10 @@ class _ExternalIssuer:
         )
 
     async def verify(self, token: str, header: dict[str, Any], now: int) -> Claims:
+        if self._audience is None:
+            # Without an audience to check, a token the provider issued to any other
+            # application would pass here.
+            raise TokenError("no FHIR_SERVER_EXTERNAL_AUDIENCE is configured to check it against")
         jwk = await self._key(header.get("kid"))
         payload = _decode(
             token, jwk.key, _usable(EXTERNAL_ALGORITHMS, jwk), now,
@@ -219,6 +223,11 @@ class _ExternalIssuer:
         if not isinstance(sub, str) or not sub:
             raise TokenError(f"missing claim {names['sub']}")
         fhir_user = _claim(payload, names["fhirUser"])
+        claimed_role = _claim(payload, names["role"])
+        role = _known_role(claimed_role)
+        if claimed_role not in (None, [], "") and role is None:
+            # A user of a role this server does not know must not pass for a backend service.
+            raise TokenError(f"none of the roles {claimed_role!r} is known here")
         client_id = payload.get("client_id", payload.get("azp"))
         jti = payload.get("jti")
         return Claims(
@@ -226,7 +235,7 @@ class _ExternalIssuer:
             scope=_scope_text(_claim(payload, names["scope"])),
             client_id=client_id if isinstance(client_id, str) else None,
             fhir_user=fhir_user if isinstance(fhir_user, str) else None,
-            role=_known_role(_claim(payload, names["role"])),
+            role=role,
             jti=jti if isinstance(jti, str) else None,
             expires=int(payload["exp"]),
             issuer=self.issuer,

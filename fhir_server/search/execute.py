@@ -119,6 +119,8 @@ async def _limited(
     and reverse chains limited alike."""
     if single is not None:
         await access.require(single, "s")
+    for type_ in scope.types:
+        access.check_criteria(type_, request.where)
     limits: dict[str, Predicate] = {}
     kept: list[str] = []
     for type_ in scope.types:

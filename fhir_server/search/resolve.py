@@ -77,6 +77,8 @@ def _targets(param: SearchParam, version: Version) -> list[tuple[str, str]]:
 
 async def _list(ctx: RequestContext, p: ListMatch) -> Predicate:
     found = await ctx.store.read_many([("List", p.list_id)])
+    if ctx.access is not None:  # a List the caller may not see selects nothing, as a missing one
+        found = [v for v in found if await ctx.access.may_see(v)]
     ids: list[str] = []
     for version in found:
         for entry in version.resource().get("entry") or []:

@@ -472,13 +472,15 @@ async def test_tokens_of_a_configured_identity_provider_are_accepted(
     issuer = "https://idp.example/realms/clinic"
     settings = settings_for(
         tmp_path, auth="required", external_issuer=issuer, external_jwks=str(jwks),
+        external_audience="fhir-server",
         external_claims={"scope": "scp", "role": "realm_access.roles", "sub": "preferred_username",
                          "fhirUser": "fhir_user"},
     )
 
     def token(**claims: Any) -> dict[str, str]:
         now = int(time.time())
-        body = {"iss": issuer, "exp": now + 300, "iat": now, "jti": secrets.token_hex(8),
+        body = {"iss": issuer, "aud": "fhir-server", "exp": now + 300, "iat": now,
+                "jti": secrets.token_hex(8),
                 "preferred_username": "audrey", "scp": "user/*.rs",
                 "realm_access": {"roles": ["offline_access", "auditor"]}, **claims}
         return bearer(jwt.encode(body, key, "RS256", {"kid": "idp-1"}))

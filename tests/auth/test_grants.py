@@ -19,7 +19,7 @@ NOW = 1_750_000_000
 VERIFIER = "v" * 43 + "-._~0123456789"
 CHALLENGE = base64.urlsafe_b64encode(hashlib.sha256(VERIFIER.encode()).digest()).rstrip(b"=")
 REDIRECT = "https://app.example.org/callback"
-GRANT = CodeGrant("ana", "app", "launch/patient patient/*.rs", "Patient/1", "patient")
+GRANT = CodeGrant("ana", "app", "launch/patient patient/*.rs", "Patient/1", "patient", NOW)
 IDLE = 60 * 60
 
 

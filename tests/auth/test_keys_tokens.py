@@ -250,6 +250,7 @@ def external_service(tmp_path: Path, jwks: str, **kwargs: Any) -> TokenService:
         external_claims={"sub": "preferred_username", "scope": "scp",
                          "role": "realm_access.roles", "fhirUser": "profile"},
     )
+    kwargs.setdefault("external_audience", "fhir")
     return TokenService(KeyRing.load_or_create(tmp_path / "auth"), settings, ISSUER, **kwargs)
 
 
@@ -269,12 +270,18 @@ async def test_external_tokens_verify_and_map_claims(tmp_path: Path, jwks_file: 
         extra={"realm_access": {"roles": ["offline_access", "practitioner", "admin"]},
                "email": "bo@example.org"},
     )
-    # A space-separated scope and a single role are read as they are; an unknown role is none.
+    # A space-separated scope and a single role are read as they are; a user of a role this
+    # server does not know is refused (not taken for a backend service), no role is none.
     token = external_token(scp="patient/*.rs", realm_access={"roles": "patient"})
     claims = await service.verify(token, now=NOW)
     assert (claims.scope, claims.role) == ("patient/*.rs", "patient")
-    token = external_token(realm_access={"roles": ["superuser"]})
-    assert (await service.verify(token, now=NOW)).role is None
+    with pytest.raises(TokenError, match="superuser"):
+        await service.verify(external_token(realm_access={"roles": ["superuser"]}), now=NOW)
+    assert (await service.verify(external_token(realm_access={}), now=NOW)).role is None
+    # Without an audience to check, a token the provider issued to any application would do.
+    unchecked = external_service(tmp_path, jwks_file, external_audience=None)
+    with pytest.raises(TokenError, match="AUDIENCE"):
+        await unchecked.verify(external_token(), now=NOW)
 
 
 async def test_external_tokens_are_checked(tmp_path: Path, jwks_file: str) -> None:
