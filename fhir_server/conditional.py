@@ -159,7 +159,11 @@ async def update(
     c = criteria(ctx, type_, query)
 
     async def work(tctx: RequestContext) -> WriteResult:
-        target = update_target(c, await matches(tctx, c), resource)
+        found = await matches(tctx, c)
+        target = update_target(c, found, resource)
+        if not found and "id" not in resource and if_match is None:
+            # Nothing matched and the client named no id: a creation, with the id chosen here.
+            return await interactions.create(tctx, type_, resource, target)
         return await interactions.update(tctx, type_, target, {**resource, "id": target}, if_match)
 
     return await atomically(ctx, work)

@@ -165,8 +165,13 @@ async def _write_in(
     if access is not None:
         # Before any other answer (412, 410...): a hidden resource is as if absent.
         perm = WRITE_PERMS[method] if current is not None else "c"
-        await access.require(type_, perm)
+        limit = await access.require(type_, perm)
         await access.require_visible(current, perm)
+        if current is None and method == "PUT" and limit is not None:
+            # Update-as-create would tell a free id (201) from a hidden one (404).
+            raise errors.not_found(
+                f"{type_}/{id_} is not known (create it with POST)", f"{type_}.id"
+            )
     _check_if_match(current, if_match, f"{type_}/{id_}")
     content = build(current)
     if access is not None and isinstance(content, dict):

@@ -336,3 +336,23 @@ async def test_login_page_escapes_what_the_request_carries(auth_server: AuthServ
     assert page.status_code == 200
     assert "<script>" not in page.text and "&lt;script&gt;" in page.text
     assert page.headers["x-frame-options"] == "DENY"
+
+
+async def test_put_to_a_free_id_answers_as_to_a_hidden_one(
+    auth_server: AuthServer, world: World
+) -> None:
+    """Update-as-create answered 201 at a free id and 404 at a hidden one, telling a limited
+    caller which ids exist. A limited caller now creates with POST; PUT at an id it cannot see,
+    taken or free, is 404 either way (fhir_server/interactions.py `_write_in`)."""
+    headers = practitioner(auth_server, world)
+    hidden = sorted(world.of("Observation", ["b"]))[0]
+    body = {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": patient_ref("a")}}
+    answers = []
+    for id_ in (hidden, "never-used-id"):
+        r = await auth_server.http.put(f"/Observation/{id_}", json={**body, "id": id_},
+                                       headers=headers)
+        answers.append((r.status_code, r.json()["issue"][0]["code"]))
+    assert answers[0] == answers[1] == (404, "not-found")
+    created = await auth_server.http.post("/Observation", json=body, headers=headers)
+    assert created.status_code == 201
