@@ -285,13 +285,18 @@ keys_app = typer.Typer(
 @keys_app.command("rotate")
 def keys_rotate(data_dir: DataDir = None) -> None:
     """Make a new signing key; the older ones keep verifying the tokens they signed until
-    those expire. A running server signs with the new key from its next token on."""
+    those expire, and keys replaced longer ago than a token lives are removed. A running
+    server signs with the new key from its next token on."""
     from fhir_server.auth.keys import KeyRing
+    from fhir_server.auth.tokens import SKEW
 
-    ring = KeyRing.load_or_create(settings_from(data_dir, None).data_dir / "auth")
+    settings = settings_from(data_dir, None)
+    ring = KeyRing.load_or_create(settings.data_dir / "auth")
     key = ring.rotate()
+    retired = ring.prune(settings.access_token_minutes * 60 + SKEW)
     typer.echo(f"kid: {key.kid}")
-    console.print(f"{len(ring.all_keys())} keys; new tokens are signed with {key.kid}")
+    console.print(f"{len(ring.all_keys())} keys; new tokens are signed with {key.kid}"
+                  + (f"; retired {', '.join(retired)}" if retired else ""))
 
 
 @keys_app.command("list")

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import os
 import re
 import secrets
 import time
@@ -587,3 +588,25 @@ async def test_users_and_clients_added_with_the_cli_work_on_the_running_server(
     app = App(auth_server, client_id, secret)
     r = await app.exchange(app.code_of(await app.login("late", PASSWORD)))
     assert r.status_code == 200 and r.json()["fhirUser"] == "Practitioner/late"
+
+
+def test_rotation_retires_keys_no_valid_token_can_need(tmp_path: Path) -> None:
+    runner = CliRunner()
+    kids = []
+    for _ in range(2):
+        result = runner.invoke(cli, ["keys", "rotate", "--data-dir", str(tmp_path)])
+        assert result.exit_code == 0, result.output
+        kids.append(re.findall(r"kid: (\S+)", result.stdout)[0])
+    ring_dir = tmp_path / "auth"
+    assert len(list(ring_dir.glob("*.pem"))) == 3  # the first key and two rotations
+    # Pretend the rotations happened long ago: every key but the current one is replaced for
+    # longer than a token lives, so the next rotation retires them.
+    long_ago = time.time() - 3600
+    for pem in ring_dir.glob("*.pem"):
+        os.utime(pem, (long_ago, long_ago))
+    result = runner.invoke(cli, ["keys", "rotate", "--data-dir", str(tmp_path)])
+    newest = re.findall(r"kid: (\S+)", result.stdout)[0]
+    remaining = {line.split()[0] for line in runner.invoke(
+        cli, ["keys", "list", "--data-dir", str(tmp_path)]).stdout.splitlines()
+        if line.strip() and len(line.split()[0]) == len(newest)}
+    assert remaining == {kids[-1], newest}
