@@ -524,3 +524,30 @@ async def test_removed_setting_comes_back_when_the_transaction_fails(store: Stor
             await tx.swap_setting("auth.refresh.t1", {"sub": "ana"}, None)
             raise RuntimeError("the rest of the write failed")
     assert await store.get_setting("auth.refresh.t1") == {"sub": "ana"}
+
+
+async def test_sqlite_lists_an_append_only_version_once_whatever_history_holds(
+    tmp_path: Any,
+) -> None:
+    """AuditEvents live in `resources` alone; a database written before that also has their
+    copies in `history`, and history listings still show each version once."""
+    from fhir_server.search.model import EMPTY_INDEX
+    from fhir_server.store.sqlite import SqliteStore
+
+    store = SqliteStore(tmp_path / "old.sqlite")
+    await store.open()
+    try:
+        event = ver("AuditEvent", "e1", 1, 1)
+        async with store.transaction() as tx:
+            await tx.insert([(event, EMPTY_INDEX)])
+            await tx.put(ver("Patient", "p1", 1, 2))
+        writer = store._writer
+        assert writer is not None
+        writer.execute("INSERT INTO history VALUES (?, ?, ?, ?, ?, ?)", (
+            event.type, event.id, event.version, event.last_updated, event.method, event.body))
+        assert keys(await everything(store)) == [("Patient", "p1", 1), ("AuditEvent", "e1", 1)]
+        typed = await store.history(HistoryQuery(type="AuditEvent"))
+        assert keys(typed) == [("AuditEvent", "e1", 1)]
+        assert await store.vread("AuditEvent", "e1", 1) == event
+    finally:
+        await store.close()

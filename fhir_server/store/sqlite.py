@@ -260,16 +260,19 @@ def _versions_of(type_: str) -> str:
 
 
 def _history_arm(
-    table: str, query: HistoryQuery, params: list[Any], types: frozenset[str] = frozenset()
+    table: str, query: HistoryQuery, params: list[Any], types: frozenset[str] = frozenset(),
+    exclude: frozenset[str] = frozenset(),
 ) -> str:
-    """SELECT of the versions in `table` that `query` lists (narrowed to `types` if given)."""
+    """SELECT of the versions in `table` that `query` lists (narrowed to `types`, without
+    `exclude`, when given)."""
     where: list[str] = []
     if query.type is not None:
         where.append("h.type = ?")
         params.append(query.type)
-    if types:
-        where.append(f"h.type IN ({', '.join('?' * len(types))})")
-        params += sorted(types)
+    for names, op in ((types, "IN"), (exclude, "NOT IN")):
+        if names:
+            where.append(f"h.type {op} ({', '.join('?' * len(names))})")
+            params += sorted(names)
     if query.id is not None:
         where.append("h.id = ?")
         params.append(query.id)
@@ -369,8 +372,10 @@ class SqliteStore(Store):
             sql = _history_arm(_versions_of(query.type), query, params)
         else:
             # The append-only types' versions live in `resources` alone.
-            sql = (_history_arm("history", query, params) + " UNION ALL "
-                   + _history_arm("resources", query, params, APPEND_ONLY_TYPES))
+            # (A database written before append-only types left history may still hold copies
+            # of theirs there: those are not listed twice.)
+            sql = (_history_arm("history", query, params, exclude=APPEND_ONLY_TYPES)
+                   + " UNION ALL " + _history_arm("resources", query, params, APPEND_ONLY_TYPES))
         sql += " ORDER BY 4 DESC, 1 DESC, 2 DESC LIMIT ?"  # last_updated, type, id
         params.append(query.limit)
         return [_version(row) for row in self._fetch(sql, tuple(params))]
