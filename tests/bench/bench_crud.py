@@ -30,6 +30,8 @@ import json
 import os
 import platform
 import random
+import re
+import subprocess
 import sys
 import tempfile
 import uuid
@@ -149,13 +151,15 @@ def measure_reads(load: LoadGen, name: str, base: str, ids_file: Path,
 # Benchmark
 
 
-async def create_patients(base: str, count: int, concurrency: int = 8) -> list[bytes]:
+async def create_patients(
+    base: str, count: int, concurrency: int = 8, more_headers: dict[str, str] | None = None
+) -> list[bytes]:
     """POST `count` patients; the response bodies (the stored documents), in order."""
     rng = random.Random(2024)
     patients = [make_patient(n, rng) for n in range(count)]
     bodies: list[bytes] = [b""] * count
     queue = iter(range(count))
-    headers = {"Content-Type": JSON, "Accept": JSON}
+    headers = {"Content-Type": JSON, "Accept": JSON, **(more_headers or {})}
 
     async with httpx.AsyncClient(base_url=base, timeout=30.0) as client:
 
@@ -179,6 +183,7 @@ def machine_facts(args: argparse.Namespace, generator: str,
         "python": f"{platform.python_version()} ({platform.python_implementation()}), "
                   f"{platform.system()} {platform.release()}",
         "engine": args.engine,
+        "auth": "required: a backend client's token on every request" if args.auth else "off",
         "servers": f"1 uvicorn worker each; uvicorn {version('uvicorn')}, loop={loop}, "
                    f"http={http}, access log on; fastapi {version('fastapi')}",
         "load generator": generator_fact(generator == "wrk", args.threads,
@@ -248,6 +253,24 @@ def drop_mongo_database(url: str, name: str) -> None:
         client.close()
 
 
+def backend_token(serve_argv: list[str], base: str, env: dict[str, str]) -> str:
+    """Register a backend client allowed everything (the CLI, on the server's own storage
+    options) and get its access token, as a backend service would."""
+    head = serve_argv[: serve_argv.index("serve")]
+    storage = serve_argv[serve_argv.index("--data-dir"):]
+    storage = [a for a in storage if a != "--no-seed"]
+    done = subprocess.run([*head, "clients", "add", "bench", "--scopes", "system/*.cruds",
+                           *storage], capture_output=True, text=True, env=env, check=False)
+    found = dict(re.findall(r"^(client_id|client_secret): (\S+)$", done.stdout, re.M))
+    if done.returncode != 0 or len(found) != 2:
+        raise BenchError(f"could not register a client: {done.stdout}{done.stderr}")
+    r = httpx.post(f"{base}/auth/token", data={"grant_type": "client_credentials"},
+                   auth=(found["client_id"], found["client_secret"]))
+    if r.status_code != 200:
+        raise BenchError(f"no token: {r.status_code} {r.text}")
+    return str(r.json()["access_token"])
+
+
 def run(args: argparse.Namespace) -> int:
     use_wrk = wrk_wanted(args.python_client, ", which is client-bound and under-reports")
     load = LoadGen(use_wrk, args.duration, args.warmup, args.connections, args.threads)
@@ -259,15 +282,17 @@ def run(args: argparse.Namespace) -> int:
             else server_env()
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        fhir = Server("fhir-server",
-                      fhir_server_argv(port, work / "data",
-                                       args.mongodb_url if args.engine == "mongo" else None),
+        argv = fhir_server_argv(port, work / "data",
+                                args.mongodb_url if args.engine == "mongo" else None)
+        fhir = Server("fhir-server", [*argv, "--auth", "required" if args.auth else "off"],
                       env, work / "fhir-server.log")
         started.append(fhir)
         fhir.wait_ready(f"{base}/fhir/metadata")
+        if args.auth:
+            load.headers["Authorization"] = f"Bearer {backend_token(argv, base, env)}"
         print(f"fhir-server up on {base}; creating {args.patients} patients", file=sys.stderr)
 
-        bodies = asyncio.run(create_patients(base, args.patients))
+        bodies = asyncio.run(create_patients(base, args.patients, more_headers=load.headers))
         ids = [json.loads(b)["id"] for b in bodies]
         documents = work / "patients.ndjson"
         documents.write_bytes(b"".join(b + b"\n" for b in bodies))
@@ -332,6 +357,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--patients", type=int, default=1000,
                         help="patients created before the runs; reads pick among them [1000]")
     parser.add_argument("--engine", choices=["sqlite", "mongo"], default="sqlite")
+    parser.add_argument("--auth", action="store_true",
+                        help="authentication required: every request carries a backend "
+                             "client's access token")
     parser.add_argument("--mongodb-url",
                         default=os.environ.get("FHIR_SERVER_MONGODB_URL",
                                                "mongodb://127.0.0.1:27017"),

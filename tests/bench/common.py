@@ -19,8 +19,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from types import FrameType
@@ -148,11 +148,12 @@ class Result:
 
 
 def run_wrk(name: str, url: str, script: str, script_args: Sequence[str], duration: float,
-            connections: int, threads: int) -> Result:
+            connections: int, threads: int, headers: Mapping[str, str] | None = None) -> Result:
     wrk = shutil.which("wrk")
     assert wrk is not None
+    extra = [arg for k, v in (headers or {}).items() for arg in ("-H", f"{k}: {v}")]
     argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s",
-            "--timeout", "10s", "--latency", "-s", str(WRK_SCRIPTS / script), url,
+            "--timeout", "10s", "--latency", *extra, "-s", str(WRK_SCRIPTS / script), url,
             "--", *script_args]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60,
                           check=False)
@@ -175,10 +176,12 @@ def _percentile(ordered: list[float], q: float) -> float:
 
 
 async def python_load(name: str, base: str, method: str, paths: Sequence[str],
-                      body: bytes | None, duration: float, connections: int) -> Result:
+                      body: bytes | None, duration: float, connections: int,
+                      more_headers: Mapping[str, str] | None = None) -> Result:
     latencies: list[float] = []
     errors = 0
     headers = {"Accept": JSON} | ({"Content-Type": JSON} if body is not None else {})
+    headers |= more_headers or {}
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     rng = random.Random(7)
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=10.0) as client:
@@ -223,6 +226,8 @@ class LoadGen:
     warmup: float
     connections: int
     threads: int
+    headers: dict[str, str] = field(default_factory=dict)
+    """Sent with every request (an Authorization header, when the server requires one)."""
 
     @property
     def name(self) -> str:
@@ -237,13 +242,13 @@ class LoadGen:
         if self.use_wrk:
             def once(seconds: float) -> Result:
                 return run_wrk(name, base + path, script, script_args, seconds,
-                               self.connections, self.threads)
+                               self.connections, self.threads, self.headers)
         else:
             paths = python_paths()
 
             def once(seconds: float) -> Result:
                 return asyncio.run(python_load(name, base, method, paths, body, seconds,
-                                               self.connections))
+                                               self.connections, self.headers))
 
         if warm and self.warmup > 0:
             once(self.warmup)
