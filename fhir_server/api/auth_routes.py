@@ -28,6 +28,7 @@ from starlette.routing import Route
 from fhir_server.api.formats import read_body
 from fhir_server.api.routes import base_url
 from fhir_server.audit.events import Agent
+from fhir_server.auth.access import patient_in_context
 from fhir_server.auth.accounts import AccountError, LoginResult, LoginStatus
 from fhir_server.auth.clients import Client
 from fhir_server.auth.grants import CHALLENGE, CodeGrant
@@ -331,10 +332,8 @@ def _token_response(token: str, expires_in: int, scope: str, **more: str | None)
 
 
 def _context(grant: CodeGrant) -> dict[str, str | None]:
-    patient = grant.fhir_user.split("/", 1)[1] if (
-        grant.role == "patient" and grant.fhir_user and grant.fhir_user.startswith("Patient/")
-    ) else None
-    return {"patient": patient, "fhirUser": grant.fhir_user}
+    return {"patient": patient_in_context(grant.role, grant.fhir_user),
+            "fhirUser": grant.fhir_user}
 
 
 async def token(request: Request) -> Response:

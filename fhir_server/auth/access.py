@@ -261,7 +261,7 @@ class Access:
         if type_ in DIRECTORY | CONFORMANCE | SHARED:
             return None if reading else NOTHING
         if role == "patient":
-            own = _own_id(p.resource, "Patient")
+            own = id_of(p.resource, "Patient")
             if own is None or not in_compartment:
                 return NOTHING
             if reading or (perm == "u" and type_ == "Patient"):
@@ -419,15 +419,22 @@ class Access:
         return [m.version for m in await self.ctx.store.search(query)]
 
 
-def _own_id(reference: str | None, type_: str) -> str | None:
-    if reference and reference.startswith(f"{type_}/"):
+def id_of(reference: Any, type_: str) -> str | None:
+    """The id in a `type_/id` reference, or None when it is not one."""
+    if isinstance(reference, str) and reference.startswith(f"{type_}/"):
         return reference.split("/", 1)[1]
     return None
 
 
+def patient_in_context(role: str | None, fhir_user: str | None) -> str | None:
+    """The patient `patient/` scopes are about: for a patient user, themselves."""
+    return id_of(fhir_user, "Patient") if role == "patient" else None
+
+
 def _subject_patient(v: Version) -> list[str]:
     ref = (v.resource().get("subject") or {}).get("reference") if v.body else None
-    return [ref.split("/", 1)[1]] if isinstance(ref, str) and ref.startswith("Patient/") else []
+    own = id_of(ref, "Patient")
+    return [own] if own else []
 
 
 def _patient_may_change(current: Version | None, resource: dict[str, Any]) -> None:
@@ -481,13 +488,7 @@ def _redacted_event(event: dict[str, Any], own: str) -> dict[str, Any]:
 
 
 def _reaches_other_resources(p: Predicate) -> bool:
-    if isinstance(p, Chain | Has | ListMatch):
-        return True
-    if isinstance(p, And | Or):
-        return any(_reaches_other_resources(c) for c in p.predicates)
-    if isinstance(p, Not):
-        return _reaches_other_resources(p.predicate)
-    return False
+    return any(isinstance(leaf, Chain | Has | ListMatch) for leaf in _leaves(p))
 
 
 def _linked_types(p: Predicate) -> set[str]:

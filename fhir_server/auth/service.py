@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from fhir_server import errors
-from fhir_server.auth.access import ANONYMOUS, Principal
+from fhir_server.auth.access import ANONYMOUS, Principal, patient_in_context
 from fhir_server.auth.accounts import Accounts
 from fhir_server.auth.clients import Clients
 from fhir_server.auth.grants import Grants
@@ -107,9 +107,7 @@ class Security:
                 f"The access token is not valid: {reason}", "invalid_token"
             ) from None
         role = claims.role
-        own = claims.fhir_user.split("/", 1)[1] if (
-            role == "patient" and claims.fhir_user and claims.fhir_user.startswith("Patient/")
-        ) else None
+        own = patient_in_context(role, claims.fhir_user)
         glass = None
         if role == "practitioner" and break_glass and break_glass.strip():
             glass = break_glass.strip()[:MAX_BREAK_GLASS_REASON]

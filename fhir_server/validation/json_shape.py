@@ -185,15 +185,22 @@ def _plain(item: Any, prop: Property) -> bool:
     return type(item) is int or (type(item) is float and item - item == 0.0)
 
 
+def _is_array(item: Any, path: str, issues: list[Issue]) -> bool:
+    """Whether `item` is a JSON array (an empty one is reported, and still walked)."""
+    if not isinstance(item, list):
+        _issue(issues, "structure", path, "must be a JSON array")
+        return False
+    if not item:
+        _issue(issues, "structure", path, "must not be an empty array")
+    return True
+
+
 def _property(
     item: Any, prop: Property, path: str, issues: list[Issue], companion: Any = None
 ) -> None:
     if prop.array:
-        if not isinstance(item, list):
-            _issue(issues, "structure", path, "must be a JSON array")
+        if not _is_array(item, path, issues):
             return
-        if not item:
-            _issue(issues, "structure", path, "must not be an empty array")
         for index, element in enumerate(item):
             # In a primitive array null is allowed where the `_name` array has the extension.
             aligned = (
@@ -240,11 +247,8 @@ def _companion(item: Any, prop: Property, path: str, issues: list[Issue]) -> Non
     """`_name`: the id/extensions of a primitive: an object, or for a repeating element an
     array aligned with the values (null where an item has none)."""
     if prop.array:
-        if not isinstance(item, list):
-            _issue(issues, "structure", path, "must be a JSON array")
+        if not _is_array(item, path, issues):
             return
-        if not item:
-            _issue(issues, "structure", path, "must not be an empty array")
         for index, element in enumerate(item):
             if element is not None:
                 _element(element, f"{path}[{index}]", issues)
