@@ -115,10 +115,14 @@ class Clock:
     def next(self, after: str | None = None) -> str:
         with self._lock:
             moment = max(datetime.now(UTC), self._last + timedelta(microseconds=1))
-            if after is not None:
+            text = format_instant(moment)
+            # Stored instants are fixed-width, so they compare as text: `after` is parsed
+            # (strptime, ~15 µs) only when the clock has not yet passed it.
+            if after is not None and (len(after) != len(text) or text <= after):
                 moment = max(moment, parse_instant(after) + timedelta(microseconds=1))
+                text = format_instant(moment)
             self._last = moment
-        return format_instant(moment)
+        return text
 
 
 clock = Clock()

@@ -17,6 +17,7 @@ import orjson
 
 from fhir_server import errors
 from fhir_server.audit import trail as audit
+from fhir_server.audit.chain import Unsealed
 from fhir_server.auth.scopes import INTERACTION_PERMS
 from fhir_server.context import RequestContext
 from fhir_server.definitions import R4_RESOURCE_TYPES
@@ -191,7 +192,8 @@ async def _write_in(
         version = Version(type_, id_, number, instant, method, orjson.dumps(stored))
         index = index_resource(stored, ctx.indexing or ctx.registry)
         if type_ == "AuditEvent" and ctx.audit is not None:
-            ctx.audit.pending.append(stored)  # chained with the other events at commit
+            # Chained with the other events at commit (and indexed then, with its link).
+            ctx.audit.pending.append(Unsealed(stored, ours=False))
         else:
             await tx.put(version, index)
     if ctx.audit is not None:

@@ -15,15 +15,18 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
 from fhir_server.fhirtime import clock
 from fhir_server.search.indexer import index_resource
-from fhir_server.search.model import Predicate, ResourceIndex, SortKey
+from fhir_server.search.model import Predicate, SortKey
 from fhir_server.search.registry import Registry
 from fhir_server.store.base import SearchQuery, Store, Transaction, Version
+
+if TYPE_CHECKING:
+    from fhir_server.audit.index import EventIndexer
 
 Resource = dict[str, Any]
 
@@ -70,40 +73,37 @@ def chain_link(resource: Resource) -> tuple[int, str] | None:
     return None
 
 
-Prepared = tuple[Resource, ResourceIndex]
-"""An event stamped ahead of sealing (`meta.lastUpdated` set) and its search index."""
+class Unsealed(NamedTuple):
+    """An event waiting to be sealed into the chain."""
 
-
-def prepare(event: Resource, registry: Registry) -> Prepared:
-    """Stamp and index `event` now, so that a later seal has little left to do. (No standard
-    AuditEvent parameter reads extensions, so the chain link added at sealing changes nothing
-    in the index.)"""
-    stamped = {**event, "meta": {**(event.get("meta") or {}), "lastUpdated": clock.next()}}
-    return stamped, index_resource(stamped, registry)
+    event: Resource
+    ours: bool
+    """Built by this server (`events.py`): indexed directly, without FHIRPath
+    (`audit/index.py`); a client's event is indexed by its parameters' expressions."""
 
 
 async def seal(
-    tx: Transaction, events: list[Resource | Prepared], registry: Registry
+    tx: Transaction, events: list[Unsealed], registry: Registry, indexer: EventIndexer
 ) -> list[Version]:
-    """Append `events` (each with its id; prepared or not) to the chain inside `tx`: set their
-    meta and chain extension, store them with their search index, and advance the head.
-    Raises VersionConflict when another transaction advanced the head first (nothing is kept
-    then: the caller's transaction rolls back and may retry)."""
+    """Append `events` (each with its id) to the chain inside `tx`: set their meta and chain
+    extension, store them with their search index, and advance the head. Raises
+    VersionConflict when another transaction advanced the head first (nothing is kept then:
+    the caller's transaction rolls back and may retry)."""
     head = await tx.get_setting(HEAD_KEY)
     sequence, previous, at = (head["seq"], head["hash"], head["at"]) if head else (0, GENESIS, None)
     versions, indexed = [], []
-    for item in events:
-        event, index = item if isinstance(item, tuple) else (item, None)
+    for event, ours in events:
         sequence += 1
-        stamped = (event.get("meta") or {}).get("lastUpdated") if index is not None else None
-        if stamped is not None and (at is None or stamped > at):
-            at = stamped  # prepared in chain order: its stamp and index stand
-        else:
-            at, index = clock.next(at), None
+        # Stamped here, in chain order, so a walk by `_lastUpdated` is a walk along the chain.
+        at = clock.next(at)
         # A client's own chain extension is replaced: only the server places events.
         others = [e for e in event.get("extension") or () if not _is_link(e)]
         meta = {**(event.get("meta") or {}), "versionId": "1", "lastUpdated": at}
         rest = {k: v for k, v in event.items() if k not in _PLACED}
+        if ours:
+            # Recorded when it entered the chain: at its lastUpdated, which is how the SQLite
+            # engine searches it without index rows of its own (store/sqlite_terms.py).
+            rest["recorded"] = at
         stored = {
             "resourceType": "AuditEvent",
             "id": event["id"],
@@ -113,7 +113,7 @@ async def seal(
         }
         previous = chain_hash(stored)
         version = Version("AuditEvent", stored["id"], 1, at, "POST", orjson.dumps(stored))
-        indexed.append((version, index or index_resource(stored, registry)))
+        indexed.append((version, indexer(stored) if ours else index_resource(stored, registry)))
         versions.append(version)
     await tx.insert(indexed)
     await tx.swap_setting(HEAD_KEY, head, {"seq": sequence, "hash": previous, "at": at})

@@ -152,17 +152,16 @@ def build_event(
     subtype: str,
     agent: Agent,
     source: str,
-    recorded: str,
     status: int,
     description: str | None,
     entities: Iterable[Resource],
 ) -> Resource:
+    """The event, but for `recorded`, which the chain sets when it seals the event."""
     event: Resource = {
         "resourceType": "AuditEvent",
         "type": EVENT_TYPE,
         "subtype": [{"system": INTERACTION, "code": subtype}],
         "action": ACTIONS.get(subtype, "E"),
-        "recorded": recorded,
         "outcome": outcome_code(status),
     }
     if description:
@@ -191,9 +190,9 @@ changes, the tokens issued, refreshed and revoked, and changes to accounts and c
 
 
 def security_event(
-    kind: str, agent: Agent, source: str, recorded: str, status: int, description: str | None
+    kind: str, agent: Agent, source: str, status: int, description: str | None
 ) -> Resource:
-    event = build_event(kind, agent, source, recorded, status, description, ())
+    event = build_event(kind, agent, source, status, description, ())
     event["type"] = USER_AUTHENTICATION
     event["subtype"] = [SECURITY_SUBTYPES[kind]]
     return event

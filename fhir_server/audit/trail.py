@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from fhir_server import errors
 from fhir_server.audit import chain
+from fhir_server.audit.chain import Unsealed
 from fhir_server.audit.events import (
     RESOURCE_ROLE,
     SYSTEM_OBJECT,
@@ -34,7 +35,7 @@ from fhir_server.audit.events import (
     resource_entity,
     security_event,
 )
-from fhir_server.fhirtime import clock
+from fhir_server.audit.index import EventIndexer
 from fhir_server.ids import new_id
 from fhir_server.search.model import ResourceIndex
 from fhir_server.search.registry import Registry
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fhir_server.audit")
 Resource = dict[str, Any]
 SEAL_ATTEMPTS = 100
-GATHER_PATIENCE = 4
+GATHER_PATIENCE = 1
 """Event-loop turns without a new event after which a batch is committed."""
 GATHER_TURNS = 16
 """At most this many turns of gathering before a commit."""
@@ -71,7 +72,8 @@ class AuditTrail:
         """Whether interactions are recorded (AuditEvents that clients create are chained
         either way)."""
         self.patients = PatientLinks(registry)
-        self._queue: list[tuple[chain.Prepared, asyncio.Future[None]]] = []
+        self.indexer = EventIndexer(registry)
+        self._queue: list[tuple[Unsealed, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
         # Seals of this process take turns, so they never race each other for the head (only
         # other processes can, and the head's compare-and-set catches them).
@@ -80,11 +82,9 @@ class AuditTrail:
     def scope(self, agent: Agent) -> AuditScope:
         return AuditScope(self, agent)
 
-    async def seal(
-        self, tx: Transaction, events: list[Resource] | list[chain.Prepared]
-    ) -> list[Version]:
+    async def seal(self, tx: Transaction, events: list[Unsealed]) -> list[Version]:
         async with self._sealing:
-            return await chain.seal(tx, events, self.registry)
+            return await chain.seal(tx, events, self.registry, self.indexer)
 
     async def record_security(
         self, kind: str, agent: Agent, status: int, description: str | None = None
@@ -93,7 +93,7 @@ class AuditTrail:
         stored, exactly as for an interaction."""
         if not self.enabled:
             return
-        event = security_event(kind, agent, self.source, clock.next(), status, description)
+        event = security_event(kind, agent, self.source, status, description)
         event["id"] = new_id()
         try:
             await self.record(event)
@@ -104,9 +104,7 @@ class AuditTrail:
         """Store `event` in a transaction of its own (shared with whatever else is waiting);
         returns once it is committed."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        # Stamped and indexed here, in the request's own turn, while an earlier batch may be
-        # committing on its thread: the flusher is left with the storage work.
-        self._queue.append((chain.prepare(event, self.registry), future))
+        self._queue.append((Unsealed(event, ours=True), future))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush())
         await future
@@ -134,9 +132,11 @@ class AuditTrail:
 
     async def _gather(self) -> None:
         """Let the requests already under way reach their record before committing: a commit
-        costs the pages it writes (one per index it touches) more than the events in them, so
-        a busy server writes ~32 events a commit instead of ~10 (audited reads +25-40 %). An
-        idle server loses a few event-loop turns, microseconds."""
+        costs the pages it writes (one per index it touches) more than the events in them.
+        One idle turn is patience enough: longer waits put every connection into the same
+        batch, and then they all wait for its commit together while the event loop idles
+        (the SQLite engine commits a large batch on a worker thread). An idle server loses an
+        event-loop turn or two, microseconds."""
         seen, idle = len(self._queue), 0
         for _ in range(GATHER_TURNS):
             await asyncio.sleep(0)
@@ -145,7 +145,7 @@ class AuditTrail:
             if idle >= GATHER_PATIENCE:
                 return
 
-    async def _commit(self, events: list[chain.Prepared]) -> None:
+    async def _commit(self, events: list[Unsealed]) -> None:
         for _ in range(SEAL_ATTEMPTS):
             try:
                 async with self.store.transaction() as tx:
@@ -162,7 +162,7 @@ class AuditScope:
 
     trail: AuditTrail
     agent: Agent
-    pending: list[Resource] = field(default_factory=list)
+    pending: list[Unsealed] = field(default_factory=list)
     """Events to seal in the storage transaction now open (shared with the entries of a
     transaction bundle)."""
     subtype: str | None = None
@@ -221,7 +221,7 @@ class AuditScope:
         for patient in found:
             self._patients.setdefault(patient)
         self._entities.append(resource_entity(v))
-        self.pending.append(self.event(WRITE_SUBTYPES[v.method], 200))
+        self.pending.append(Unsealed(self.event(WRITE_SUBTYPES[v.method], 200), ours=True))
         self.noted = True
 
     def event(self, subtype: str, status: int, description: str | None = None) -> Resource:
@@ -230,9 +230,7 @@ class AuditScope:
             entities.append(query_entity(self.query))
         mentioned = {e["what"]["reference"] for e in entities if "what" in e}
         entities += [patient_entity(p) for p in self._patients if p not in mentioned]
-        event = build_event(
-            subtype, self.agent, self.trail.source, clock.next(), status, description, entities
-        )
+        event = build_event(subtype, self.agent, self.trail.source, status, description, entities)
         event["id"] = new_id()
         return event
 
@@ -246,7 +244,7 @@ class AuditScope:
             return
         event = self.event(self.subtype or subtype, status, description)
         if tx is not None:
-            self.pending.append(event)
+            self.pending.append(Unsealed(event, ours=True))
             self.noted = True
             return
         try:
