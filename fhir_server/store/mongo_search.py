@@ -7,8 +7,9 @@ collection serve every parameter (no per-parameter indexes, no 64-index limit):
 - `_r`: ranges `{p, lo, hi}` (dates as fixed-width instants, numbers and quantities as floats,
   quantities also `s`, `c`, `u`), indexed on (p, lo) and (p, hi).
 - `_c`: composite instances `{p, "0": {k, r}, "1": {k, r}}`, matched with $elemMatch.
-- `_s`: sort keys `{param: {a, d}}` (ascending and descending key); presence also answers
-  `:missing`.
+- `_s`: sort keys `{param: {a, d}}` (ascending and descending key).
+`:missing` asks whether any of the four holds something of the parameter (not every parameter
+has a sort key: AuditEvent sorts by time only).
 Query values only ever appear as values inside these filters (never as field names or
 operators), and regular expressions are built with re.escape, so no query text can become a
 MongoDB operator.
@@ -237,7 +238,11 @@ async def render(p: Predicate, rtype: str, find: Finder) -> Doc:
     if isinstance(p, IdMatch):
         return {"_id": {"$in": list(p.ids)}}
     if isinstance(p, Missing):
-        return {f"_s.{p.param}": {"$exists": not p.missing}}
+        present = {"$or": [
+            _prefix("_k", f"{p.param}{SEP}"), {"_r.p": p.param}, {"_c.p": p.param},
+            {f"_s.{p.param}": {"$exists": True}},
+        ]}
+        return {"$nor": [present]} if p.missing else present
     if isinstance(p, Composite):
         parts = [_component_condition(c, i) for i, c in enumerate(p.components)]
         return {"_c": {"$elemMatch": {"$and": [{"p": p.param}, *parts]}}}

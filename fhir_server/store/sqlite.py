@@ -42,6 +42,7 @@ from fhir_server.store.sqlite_search import (
     render,
     sort_expression,
 )
+from fhir_server.store.sqlite_terms import MOVE_TO_TERMS, TERM_TYPE
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources (
@@ -146,6 +147,10 @@ class SqliteTransaction(Transaction):
         self._conn = conn
         self._pending: dict[str, list[tuple[Any, ...]]] = {}
 
+    def buffered(self) -> int:
+        """Rows waiting for the commit."""
+        return sum(len(rows) for rows in self._pending.values())
+
     def flush(self) -> None:
         """Insert the buffered index rows (raises sqlite3.Error)."""
         pending, self._pending = self._pending, {}
@@ -242,6 +247,8 @@ def write_index(
     if replace:
         for table in (*INDEX_TABLES, "sort_keys"):
             conn.execute(f"DELETE FROM {table} WHERE rtype = ? AND rid = ?", (type_, id_))
+        if type_ == TERM_TYPE:
+            conn.execute("DELETE FROM audit_terms WHERE rid = ?", (id_,))
     rows: dict[str, list[tuple[Any, ...]]] = {} if into is None else into
     for table, row in index_rows(type_, id_, index):
         table_rows = rows.get(table)
@@ -296,6 +303,30 @@ def _history_arm(
     return sql + (" WHERE " + " AND ".join(where) if where else "")
 
 
+THREAD_COMMIT_ROWS = 256
+"""A commit inserting at least this many buffered rows (a group of audit events, a bundle)
+runs on a worker thread: sqlite3 releases the GIL while it inserts and writes the WAL, so the
+event loop goes on serving requests meanwhile."""
+
+
+async def _on_thread(call: Callable[..., T], *args: Any) -> T:
+    """`call(*args)` on a worker thread. It is never abandoned half-way: the caller holds the
+    writer connection until it returns, so a cancelled caller still waits for it."""
+    task = asyncio.ensure_future(asyncio.to_thread(call, *args))
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
+
+
 def _commit(conn: sqlite3.Connection, tx: SqliteTransaction) -> None:
     try:
         tx.flush()
@@ -327,7 +358,13 @@ class SqliteStore(Store):
         self._writer = _guard(lambda: _connect(self.path))
         for pragma in WRITER_PRAGMAS:
             _guard(lambda pragma=pragma: self._writer.execute(pragma))  # type: ignore[union-attr]
-        _guard(lambda: self._writer.executescript(SCHEMA + INDEX_SCHEMA))  # type: ignore[union-attr]
+        writer = self._writer
+        had_terms = bool(_guard(lambda: writer.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'audit_terms'").fetchall()))
+        _guard(lambda: writer.executescript(SCHEMA + INDEX_SCHEMA))
+        if not had_terms:
+            _guard(lambda: writer.executescript(
+                "BEGIN IMMEDIATE;\n" + ";\n".join(MOVE_TO_TERMS) + ";\nCOMMIT;"))
         self._reader = _guard(lambda: _connect(self.path))
         self._checkpointer = _Checkpointer(self.path)
 
@@ -408,7 +445,9 @@ class SqliteStore(Store):
         a large match set never drags every body along)."""
         descending = query.directions()
         sql = Sql()
-        keys = [f"{sort_expression(key, sql)} AS k{i}" for i, key in enumerate(query.sort)]
+        keys = [
+            f"{sort_expression(key, query.type, sql)} AS k{i}" for i, key in enumerate(query.sort)
+        ]
         columns = ", ".join(["r.id", *keys])
         where = self._where(query.type, query.where, sql)
         text = f"SELECT * FROM (SELECT {columns} FROM resources r WHERE {where})"
@@ -504,9 +543,12 @@ class SqliteStore(Store):
             except BaseException:
                 _guard(lambda: conn.execute("ROLLBACK"))
                 raise
-            # On this thread: a hop to a worker thread (tried: sqlite3 releases the GIL while
-            # it steps) cost a sequential client ~1 ms a write and gained nothing under load.
-            _commit(conn, tx)
+            if tx.buffered() < THREAD_COMMIT_ROWS:
+                # On this thread: for a few rows a hop to a worker thread costs more than the
+                # work (a sequential client lost ~1 ms a write).
+                _commit(conn, tx)
+            else:
+                await _on_thread(_commit, conn, tx)
             if self._rows_written >= CHECKPOINT_EVERY_ROWS and self._checkpointer is not None:
                 self._rows_written = 0
                 self._checkpointer.request()

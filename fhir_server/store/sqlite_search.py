@@ -43,6 +43,17 @@ from fhir_server.search.model import (
     UriMatch,
 )
 from fhir_server.search.ranges import range_conditions
+from fhir_server.store.sqlite_terms import (
+    INSERT_TERM,
+    ROW_DATE,
+    TERM_ENTRIES,
+    TERM_LEAVES,
+    TERM_SCHEMA,
+    TERM_TYPE,
+    Terms,
+    date_on_row,
+    terms_of,
+)
 
 # Indexes serve their searches only; partial ones (`WHERE ... IS NOT NULL`) leave out the rows
 # that search can never find (a code without display text, a reference without an absolute URL),
@@ -93,7 +104,7 @@ CREATE TABLE IF NOT EXISTS sort_keys (
     PRIMARY KEY (rtype, rid, param));
 CREATE INDEX IF NOT EXISTS sort_keys_asc ON sort_keys (rtype, param, asc);
 CREATE INDEX IF NOT EXISTS sort_keys_desc ON sort_keys (rtype, param, desc);
-"""
+""" + TERM_SCHEMA
 
 # Entry class -> (table, the entry's values in column order).
 _TABLES: dict[type, tuple[str, tuple[str, ...]]] = {
@@ -126,12 +137,18 @@ seven B-tree insertions fewer on every write."""
 
 
 def index_rows(type_: str, id_: str, index: ResourceIndex) -> Iterator[tuple[str, tuple[Any, ...]]]:
-    """(table, row) for every entry; composite components go under `code$i`, grouped by `grp`."""
+    """(table, row) for every entry; composite components go under `code$i`, grouped by `grp`;
+    AuditEvents' tokens, strings and references are terms (sqlite_terms.py)."""
+    terms = type_ == TERM_TYPE
+    skipped = (ON_RESOURCE_ROW, ROW_DATE) if terms and date_on_row(index) else (ON_RESOURCE_ROW,)
     for param, entries in index.entries.items():
-        if param == ON_RESOURCE_ROW:
+        if param in skipped:
             continue
         for grp, entry in enumerate(entries):
-            if isinstance(entry, CompositeEntry):
+            if terms and isinstance(entry, TERM_ENTRIES):
+                for term in terms_of(param, entry):
+                    yield "audit_terms", (term, id_)
+            elif isinstance(entry, CompositeEntry):
                 for position, component in enumerate(entry.components):
                     for part in component:
                         table = _TABLES[type(part)][0]
@@ -139,11 +156,13 @@ def index_rows(type_: str, id_: str, index: ResourceIndex) -> Iterator[tuple[str
             else:
                 yield _TABLES[type(entry)][0], (type_, id_, param, None, *_entry_values(entry))
     for param, (asc, desc) in index.sort.items():
-        if param != ON_RESOURCE_ROW:
+        if param not in skipped:
             yield "sort_keys", (type_, id_, param, asc, desc)
 
 
 def insert_sql(table: str, width: int) -> str:
+    if table == "audit_terms":
+        return INSERT_TERM  # an event's repeated term is one row
     return f"INSERT INTO {table} VALUES ({', '.join('?' * width)})"
 
 
@@ -298,14 +317,15 @@ def _render_and(p: And, outer: str, rtype: str, sql: Sql) -> str:
     return "(" + " AND ".join(parts) + ")"
 
 
-def _one_parameter(p: Predicate) -> tuple[str, str, tuple[Predicate, ...]] | None:
+def _one_parameter(p: Predicate, rtype: str) -> tuple[str, str, tuple[Predicate, ...]] | None:
     """(table, param, leaves) when p is a leaf, or an OR of leaves, on one parameter: those
     can be answered by one pass over one index table."""
     leaves = p.predicates if isinstance(p, Or) else (p,)
     if not leaves or not all(isinstance(c, LEAVES) for c in leaves):
         return None
     keys = {(_leaf_table(c), c.param) for c in leaves}  # type: ignore[union-attr]
-    if len(keys) != 1 or ON_RESOURCE_ROW in keys.pop()[1:]:
+    on_row = (ON_RESOURCE_ROW, ROW_DATE) if rtype == TERM_TYPE else (ON_RESOURCE_ROW,)
+    if len(keys) != 1 or keys.pop()[1] in on_row:
         return None
     keys = {(_leaf_table(c), c.param) for c in leaves}  # type: ignore[union-attr]
     ((table, param),) = keys
@@ -316,8 +336,23 @@ def _any_of(leaves: tuple[Predicate, ...], a: str, sql: Sql) -> str:
     return " OR ".join(f"({_leaf_condition(c, a, sql)})" for c in leaves)
 
 
+def _term_leaves(p: Predicate, rtype: str) -> tuple[Predicate, ...] | None:
+    """The leaves of p, when p is an AuditEvent's token, string or reference leaf or an OR of
+    them (on any parameters): those are answered from its terms."""
+    if rtype != TERM_TYPE:
+        return None
+    leaves = p.predicates if isinstance(p, Or) else (p,)
+    return leaves if leaves and all(isinstance(c, TERM_LEAVES) for c in leaves) else None
+
+
+def _terms(sql: Sql) -> Terms:
+    return Terms(sql.params, sql.alias)
+
+
 def _probe(p: Predicate, outer: str, rtype: str, sql: Sql) -> str:
-    found = _one_parameter(p)
+    if terms := _term_leaves(p, rtype):
+        return _terms(sql).probe(terms, outer)
+    found = _one_parameter(p, rtype)
     if found is None:
         return render(p, outer, rtype, sql)
     table, param, leaves = found
@@ -331,7 +366,11 @@ def index_only_count(p: Predicate | None, rtype: str, sql: Sql) -> str | None:
     """The matching ids read from one index table alone, when `p` is leaves on one parameter
     (to count): index rows exist only for current, non-deleted resources, so the resources
     table is not needed."""
-    found = None if p is None else _one_parameter(p)
+    if p is None:
+        return None
+    if terms := _term_leaves(p, rtype):
+        return _terms(sql).ids(terms)
+    found = _one_parameter(p, rtype)
     if found is None:
         return None
     table, param, leaves = found
@@ -355,12 +394,18 @@ def render(p: Predicate, outer: str, rtype: str, sql: Sql) -> str:
         return f"{outer}.id IN ({', '.join('?' * len(p.ids))})"
     if isinstance(p, Missing) and p.param == ON_RESOURCE_ROW:
         return "0" if p.missing else "1"  # every resource has one
+    if isinstance(p, Missing) and rtype == TERM_TYPE and p.param == ROW_DATE:
+        return "0" if p.missing else "1"  # every AuditEvent has one (recorded is required)
     if isinstance(p, Missing):
         sql.params += [rtype, p.param]
-        op = "NOT IN" if p.missing else "IN"
-        return f"{outer}.id {op} (SELECT rid FROM sort_keys WHERE rtype = ? AND param = ?)"
+        present = f"{outer}.id IN (SELECT rid FROM sort_keys WHERE rtype = ? AND param = ?)"
+        if rtype == TERM_TYPE:
+            present = f"({present} OR {_terms(sql).with_param(p.param, outer)})"
+        return f"NOT {present}" if p.missing else present
     if isinstance(p, RangeMatch) and p.param == ON_RESOURCE_ROW:
         return _range_alternatives(p, sql, _last_updated_terms(outer))
+    if isinstance(p, RangeMatch) and rtype == TERM_TYPE and p.param == ROW_DATE:
+        return _date_on_row(p, outer, rtype, sql)
     if isinstance(p, LEAVES):
         return _leaves((p,), outer, rtype, sql)
     if isinstance(p, Composite):
@@ -372,8 +417,20 @@ def render(p: Predicate, outer: str, rtype: str, sql: Sql) -> str:
     raise TypeError(f"unknown predicate {p!r}")
 
 
+def _date_on_row(p: RangeMatch, outer: str, rtype: str, sql: Sql) -> str:
+    """An AuditEvent's date: its lastUpdated when it has no date rows of its own (the events
+    the server builds, sqlite_terms.ROW_DATE), else its rows."""
+    on_row = _range_alternatives(p, sql, _last_updated_terms(outer))
+    sql.params += [rtype, p.param]
+    own_rows = "SELECT rid FROM idx_date WHERE rtype = ? AND param = ?"
+    return (f"(({on_row} AND {outer}.id NOT IN ({own_rows})) "
+            f"OR {_leaves((p,), outer, rtype, sql)})")
+
+
 def _leaves(preds: tuple[Predicate, ...], outer: str, rtype: str, sql: Sql) -> str:
     """Leaves on one parameter and table, OR-ed inside one sub-select (one index range scan)."""
+    if terms := _term_leaves(Or(preds), rtype):
+        return _terms(sql).matching(terms, outer)
     a = sql.alias("x")
     table = _leaf_table(preds[0])
     sql.params += [rtype, preds[0].param]  # type: ignore[union-attr]
@@ -384,7 +441,9 @@ def _leaves(preds: tuple[Predicate, ...], outer: str, rtype: str, sql: Sql) -> s
 def _render_or(p: Or, outer: str, rtype: str, sql: Sql) -> str:
     if not p.predicates:
         return "0"  # no alternative holds
-    found = _one_parameter(p)
+    if terms := _term_leaves(p, rtype):
+        return _terms(sql).matching(terms, outer)
+    found = _one_parameter(p, rtype)
     if found is not None:
         return _leaves(found[2], outer, rtype, sql)
     return "(" + " OR ".join(render(c, outer, rtype, sql) for c in p.predicates) + ")"
@@ -414,6 +473,8 @@ def _composite(p: Composite, outer: str, rtype: str, sql: Sql) -> str:
 
 
 def _chain(p: Chain, outer: str, rtype: str, sql: Sql) -> str:
+    if rtype == TERM_TYPE:
+        return _terms(sql).chain(p, outer, lambda t: render(p.where, t, p.target_type, sql))
     x, t = sql.alias("x"), sql.alias("t")
     sql.params += [rtype, p.param, p.target_type, p.target_type]
     inner = render(p.where, t, p.target_type, sql)
@@ -425,6 +486,8 @@ def _chain(p: Chain, outer: str, rtype: str, sql: Sql) -> str:
 
 
 def _has(p: Has, outer: str, rtype: str, sql: Sql) -> str:
+    if p.source_type == TERM_TYPE:
+        return _terms(sql).has(p, outer, rtype, lambda s: render(p.where, s, TERM_TYPE, sql))
     x, s = sql.alias("x"), sql.alias("s")
     sql.params += [p.source_type, p.param, rtype, p.source_type]
     inner = render(p.where, s, p.source_type, sql)
@@ -435,17 +498,20 @@ def _has(p: Has, outer: str, rtype: str, sql: Sql) -> str:
     )
 
 
-def sort_expression(key: SortKey, sql: Sql) -> str:
+def sort_expression(key: SortKey, rtype: str, sql: Sql) -> str:
     if key.param == "_id":
         return "r.id"
     if key.param == "_lastUpdated":
         return "r.last_updated"
     sql.params.append(key.param)
     column = "desc" if key.descending else "asc"
-    return (
+    expression = (
         f"(SELECT s.{column} FROM sort_keys s WHERE s.rtype = r.type AND s.rid = r.id "
         "AND s.param = ?)"
     )
+    if rtype == TERM_TYPE and key.param == ROW_DATE:
+        return f"coalesce({expression}, r.last_updated)"
+    return expression
 
 
 def keyset_condition(

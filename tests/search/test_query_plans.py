@@ -95,6 +95,19 @@ def population() -> Iterator[dict[str, Any]]:
                    "medicationCodeableConcept": {"coding": [{
                        "system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "310965"}]},
                    "requester": {"reference": f"Practitioner/prac-{(p + m) % 4}"}}
+        for a, (subtype, action) in enumerate((("read", "R"), ("search-type", "E"))):
+            yield {"resourceType": "AuditEvent",
+                   "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
+                            "code": "rest"},
+                   "subtype": [{"system": "http://hl7.org/fhir/restful-interaction",
+                                "code": subtype}],
+                   "action": action, "outcome": "0",
+                   "recorded": f"{2012 + a}-05-0{1 + p % 9}T10:00:00Z",
+                   "agent": [{"who": {"reference": f"Practitioner/prac-{p % 4}"},
+                              "name": f"Doctor{p % 4}", "requestor": True,
+                              "network": {"address": f"10.0.0.{p}", "type": "2"}}],
+                   "source": {"observer": {"display": "plans"}},
+                   "entity": [{"what": {"reference": subject["reference"]}}]}
 
 
 def context(store: Store, registry: Registry) -> RequestContext:
@@ -105,7 +118,10 @@ async def fill(store: Store, registry: Registry) -> int:
     ctx = context(store, registry)
     count = 0
     for resource in population():
-        await interactions.update(ctx, resource["resourceType"], resource["id"], resource)
+        if resource["resourceType"] == "AuditEvent":  # append-only: created, never put
+            await interactions.create(ctx, "AuditEvent", resource)
+        else:
+            await interactions.update(ctx, resource["resourceType"], resource["id"], resource)
         count += 1
     return count
 
@@ -191,6 +207,21 @@ TYPICAL += [
             (r"USING (COVERING )?INDEX idx_reference_u \(rtype=\? AND param=\? AND url=\?\)",)),
     Typical("Patient by _lastUpdated", "Patient", [("_lastUpdated", "gt2020-01-01")],
             (r"USING (COVERING )?INDEX resources_by_time \(type=\? AND last_updated>\?\)",)),
+]
+# AuditEvents' tokens, strings and references are terms in one table (store/sqlite_terms.py).
+TERM_EXACT = r"USING PRIMARY KEY \(term=\?\)"
+TERM_RANGE = r"USING PRIMARY KEY \(term>\? AND term<\?\)"
+TERM_PROBE = r"USING COVERING INDEX audit_terms_by_event \(rid=\? AND term"
+TYPICAL += [
+    Typical("AuditEvent by patient", "AuditEvent", [("patient", "Patient/pat-3")],
+            (TERM_EXACT,)),
+    Typical("AuditEvent by patient+action", "AuditEvent",
+            [("patient", "Patient/pat-3"), ("action", "R")], (TERM_EXACT, TERM_PROBE)),
+    Typical("AuditEvent by agent-name", "AuditEvent", [("agent-name", "doctor2")],
+            (TERM_RANGE,)),
+    Typical("AuditEvent by entity id", "AuditEvent", [("entity", "pat-3")], (TERM_RANGE,)),
+    Typical("AuditEvent by subtype+date", "AuditEvent",
+            [("subtype", "read"), ("date", "ge2012-01-01")], (TERM_RANGE,)),
 ]
 IDS = [t.name for t in TYPICAL]
 
