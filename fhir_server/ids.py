@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 
 
 def new_id() -> str:
@@ -12,8 +11,10 @@ def new_id() -> str:
     then 74 random bits). Ids created close together sort close together, so the storage
     indexes keyed by id take each write near the previous one instead of on a random page."""
     noise = int.from_bytes(os.urandom(10), "big")
-    value = ((time.time_ns() // 1_000_000) & _MS_MASK) << 80 | noise & _RANDOM_MASK
-    return str(uuid.UUID(int=value | _V7_BITS))
+    value = ((time.time_ns() // 1_000_000) & _MS_MASK) << 80 | noise & _RANDOM_MASK | _V7_BITS
+    # uuid.UUID's own formatting costs a few µs more, on every request (each has an AuditEvent).
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 _MS_MASK = (1 << 48) - 1
