@@ -11,6 +11,7 @@ the interaction touched, so "all access to this patient's record" is one search
 from __future__ import annotations
 
 import base64
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -198,6 +199,11 @@ def security_event(
     return event
 
 
+REMEMBERED_VERSIONS = 65536
+"""How many versions' Patients `PatientLinks` remembers (a version never changes, and popular
+records are read and found again and again)."""
+
+
 class PatientLinks:
     """Which Patients a resource belongs to: the R4 Patient compartment's parameters,
     evaluated on the resource (reads) or taken from the index a write has computed anyway."""
@@ -205,6 +211,7 @@ class PatientLinks:
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
         self._evaluators: dict[str, tuple[Evaluator, ...]] = {}
+        self._remembered: OrderedDict[tuple[str, str, int, str], list[str]] = OrderedDict()
 
     def of_index(self, type_: str, id_: str, index: ResourceIndex) -> list[str]:
         if type_ == "Patient":
@@ -219,6 +226,19 @@ class PatientLinks:
     def of_version(self, v: Version) -> list[str]:
         if v.type == "Patient":
             return [f"Patient/{v.id}"]
+        # The instant tells a version apart from one a rolled-back write gave the same number.
+        key = (v.type, v.id, v.version, v.last_updated)
+        found = self._remembered.get(key)
+        if found is None:
+            found = self._evaluate(v)
+            self._remembered[key] = found
+            if len(self._remembered) > REMEMBERED_VERSIONS:
+                self._remembered.popitem(last=False)
+        else:
+            self._remembered.move_to_end(key)
+        return list(found)
+
+    def _evaluate(self, v: Version) -> list[str]:
         evaluators = self._for_type(v.type)
         if not evaluators or v.body is None:
             return []

@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from fhir_server.audit.chain import _chain_extension
@@ -16,6 +17,7 @@ from fhir_server.audit.events import (
     ACTIONS,
     SECURITY_SUBTYPES,
     Agent,
+    PatientLinks,
     build_event,
     patient_entity,
     query_entity,
@@ -136,3 +138,23 @@ async def test_events_a_server_stores_are_indexed_as_fhirpath_would(
     indexer = EventIndexer(registry)
     for event in events:
         assert indexer(event) == index_resource(event, registry), event
+
+
+def test_patients_of_a_version_are_remembered_per_version_and_instant(registry: Registry) -> None:
+    links = PatientLinks(registry)
+
+    def condition(patient: str, at: str, version: int = 1) -> Version:
+        body = {"resourceType": "Condition", "id": "c1", "subject": {"reference": patient}}
+        return Version("Condition", "c1", version, at, "PUT", orjson.dumps(body))
+
+    first = condition("Patient/a", "2026-01-01T00:00:00.000001Z")
+    assert links.of_version(first) == ["Patient/a"]
+    assert links.of_version(first) == ["Patient/a"]
+    # The next version, and a version a rolled-back write numbered the same, are their own.
+    assert links.of_version(condition("Patient/b", "2026-01-01T00:00:00.000002Z", 2)) == [
+        "Patient/b"]
+    assert links.of_version(condition("Patient/c", "2026-01-01T00:00:00.000003Z")) == [
+        "Patient/c"]
+    remembered = links.of_version(first)
+    remembered.append("Patient/z")
+    assert links.of_version(first) == ["Patient/a"], "the remembered list was handed out"
