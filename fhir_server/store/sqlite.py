@@ -92,14 +92,13 @@ def _connect(path: Path) -> sqlite3.Connection:
 # commit does not wait for them; the writer's automatic checkpoint stays as a backstop for a
 # WAL the thread has not caught up with (64 MB).
 WRITER_PRAGMAS = ("PRAGMA cache_size=-65536", "PRAGMA wal_autocheckpoint=16384")
-CHECKPOINT_EVERY_ROWS = 12000
+CHECKPOINT_EVERY_ROWS = 4000
 """Rows written (resources, history, index) after which a background checkpoint is asked for.
-Most commits rewrite the same pages (the ends of the tables and indexes that grow in time
-order, such as the audit trail's), and a checkpoint copies each page once however often it
-was written since the last one: every 12,000 rows instead of 4,000 cut its cost from 24 to
-13 µs an audited read. Not much further: a lone event's commit writes ~10 pages for ~16 rows,
-and at 50,000 rows the WAL of one-at-a-time reads reached the writer's own 64 MB checkpoint,
-which stalled a search for a second."""
+Less often is cheaper (a checkpoint copies each page once however often it was rewritten:
+every 12,000 rows cut its cost from 24 to 13 µs an audited read), but a lone event's commit
+writes ~10 pages for ~16 rows, so the WAL of one-at-a-time requests grows fast: at 50,000 rows
+it reached the writer's own 64 MB checkpoint and stalled a search for a second, and at 12,000
+searches showed p99 spikes of 0.7 s that 4,000 did not."""
 
 
 class _Checkpointer:
