@@ -19,8 +19,9 @@ Terms (`\\x1f` separates the parts; a query on one parameter and kind is a range
              that do not repeat from one event to the next, so their pages are most of what a
              commit writes).
 
-Every query value travels as a bound parameter. Limit: a value containing `\\x1f` (no FHIR
-code, id or normalised name does) can match a neighbouring term.
+Every query value travels as a bound parameter. Limits: a value containing `\\x1f` (no FHIR
+code, id or normalised name does) can match a neighbouring term; and a reference parameter
+searched without an id (`:missing`, a type alone) reads every event's reference terms.
 """
 
 from __future__ import annotations
