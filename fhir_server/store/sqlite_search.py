@@ -397,11 +397,7 @@ def render(p: Predicate, outer: str, rtype: str, sql: Sql) -> str:
     if isinstance(p, Missing) and rtype == TERM_TYPE and p.param == ROW_DATE:
         return "0" if p.missing else "1"  # every AuditEvent has one (recorded is required)
     if isinstance(p, Missing):
-        sql.params += [rtype, p.param]
-        present = f"{outer}.id IN (SELECT rid FROM sort_keys WHERE rtype = ? AND param = ?)"
-        if rtype == TERM_TYPE:
-            present = f"({present} OR {_terms(sql).with_param(p.param, outer)})"
-        return f"NOT {present}" if p.missing else present
+        return _present(p, outer, rtype, sql)
     if isinstance(p, RangeMatch) and p.param == ON_RESOURCE_ROW:
         return _range_alternatives(p, sql, _last_updated_terms(outer))
     if isinstance(p, RangeMatch) and rtype == TERM_TYPE and p.param == ROW_DATE:
@@ -415,6 +411,23 @@ def render(p: Predicate, outer: str, rtype: str, sql: Sql) -> str:
     if isinstance(p, Has):
         return _has(p, outer, rtype, sql)
     raise TypeError(f"unknown predicate {p!r}")
+
+
+def _present(p: Missing, outer: str, rtype: str, sql: Sql) -> str:
+    """`:missing`: whether the resource has a value for the parameter. A sortable parameter
+    has a sort key exactly then; a composite has none, but its instances are rows of its first
+    component (`code$0`); an AuditEvent's tokens, strings and references are terms."""
+    sql.params += [rtype, p.param]
+    present = [f"{outer}.id IN (SELECT rid FROM sort_keys WHERE rtype = ? AND param = ?)"]
+    components = " UNION ALL ".join(
+        f"SELECT rid FROM {table} WHERE rtype = ? AND param = ?" for table in INDEX_TABLES
+    )
+    sql.params += [rtype, f"{p.param}$0"] * len(INDEX_TABLES)
+    present.append(f"{outer}.id IN ({components})")
+    if rtype == TERM_TYPE:
+        present.append(_terms(sql).with_param(p.param, outer))
+    condition = "(" + " OR ".join(present) + ")"
+    return f"NOT {condition}" if p.missing else condition
 
 
 def _date_on_row(p: RangeMatch, outer: str, rtype: str, sql: Sql) -> str:

@@ -426,6 +426,13 @@ for v in ["8480-6$gt125", f"{LOINC}|8867-4$lt70"]:
          lambda r, d, v=v: composite_quantity(
              v, [(r["code"], r.get("valueQuantity")),
                  *((c["code"], c.get("valueQuantity")) for c in r.get("component", []))]))
+# A composite has no sort key: :missing asks whether it has an instance.
+for flag in ("true", "false"):
+    case("Observation", f"code-value-quantity:missing={flag}",
+         lambda r, d, f=flag: ("valueQuantity" in r) != (f == "true"))
+    case("Observation", f"component-code-value-quantity:missing={flag}",
+         lambda r, d, f=flag: any("valueQuantity" in c for c in r.get("component", []))
+         != (f == "true"))
 for v in ["8251-1$patient", f"{LOINC}|8251-1$Patient pays 5\\$", "8251-1$5"]:
     case("Observation", f"code-value-string={v}",
          lambda r, d, v=v: o.token_match(o.split_unescaped(v, "$")[0], o.codings(r["code"]))
