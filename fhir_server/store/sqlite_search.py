@@ -324,12 +324,11 @@ def _one_parameter(p: Predicate, rtype: str) -> tuple[str, str, tuple[Predicate,
     if not leaves or not all(isinstance(c, LEAVES) for c in leaves):
         return None
     keys = {(_leaf_table(c), c.param) for c in leaves}  # type: ignore[union-attr]
-    on_row = (ON_RESOURCE_ROW, ROW_DATE) if rtype == TERM_TYPE else (ON_RESOURCE_ROW,)
-    if len(keys) != 1 or keys.pop()[1] in on_row:
+    if len(keys) != 1:
         return None
-    keys = {(_leaf_table(c), c.param) for c in leaves}  # type: ignore[union-attr]
     ((table, param),) = keys
-    return table, param, leaves
+    on_row = (ON_RESOURCE_ROW, ROW_DATE) if rtype == TERM_TYPE else (ON_RESOURCE_ROW,)
+    return None if param in on_row else (table, param, leaves)
 
 
 def _any_of(leaves: tuple[Predicate, ...], a: str, sql: Sql) -> str:
