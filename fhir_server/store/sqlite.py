@@ -10,6 +10,7 @@ never see another request's uncommitted transaction.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -42,7 +43,14 @@ from fhir_server.store.sqlite_search import (
     render,
     sort_expression,
 )
-from fhir_server.store.sqlite_terms import MOVE_TO_TERMS, TERM_TYPE
+from fhir_server.store.sqlite_terms import (
+    MERGE_EVENTS,
+    MERGE_STAGED,
+    MOVE_TO_TERMS,
+    STAGED,
+    TERM_TYPE,
+    reads_terms,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources (
@@ -64,6 +72,7 @@ CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 COLUMNS = "type, id, version, last_updated, method, body"
 COLUMNS_R = "r.type, r.id, r.version, r.last_updated, r.method, r.body"
 T = TypeVar("T")
+log = logging.getLogger("fhir_server.store.sqlite")
 
 
 def _version(row: tuple[Any, ...]) -> Version:
@@ -151,10 +160,8 @@ class SqliteTransaction(Transaction):
         self._store = store
         self._conn = conn
         self._pending: dict[str, list[tuple[Any, ...]]] = {}
-
-    def buffered(self) -> int:
-        """Rows waiting for the commit."""
-        return sum(len(rows) for rows in self._pending.values())
+        self.rows = 0
+        """Rows this transaction writes (resources, history, index entries), about."""
 
     def flush(self) -> None:
         """Insert the buffered index rows (raises sqlite3.Error)."""
@@ -166,11 +173,19 @@ class SqliteTransaction(Transaction):
         # The writer connection sees this transaction's writes; the store's write lock, held
         # for the whole block, serialises the search with every other writer.
         _guard(self.flush)
-        return self._store._search(self._conn, query)
+        text, params = self._store._page_sql(query)
+        self._merge_if_read(text)
+        return self._store._search(self._conn, query, text, params)
 
     async def count(self, type_: str, where: Predicate | None, limit: int | None = None) -> int:
         _guard(self.flush)
-        return self._store._count(self._conn, type_, where, limit)
+        text, params = self._store._count_sql(type_, where, limit)
+        self._merge_if_read(text)
+        return self._store._count(self._conn, text, params)
+
+    def _merge_if_read(self, sql: str) -> None:
+        if reads_terms(sql):
+            _guard(lambda: _merge_staged(self._conn))
 
     async def current(self, type_: str, id_: str) -> Version | None:
         if "resources" in self._pending:
@@ -196,8 +211,15 @@ class SqliteTransaction(Transaction):
         if versioned := [row for row in rows if row[0] not in APPEND_ONLY_TYPES]:
             self._pending.setdefault("history", []).extend(versioned)
         for v, index in new:
-            self._store._rows_written += 2 + len(index.entries) + len(index.sort)
+            self._count_rows(v, index)
             write_index(self._conn, v.type, v.id, index, replace=False, into=self._pending)
+
+    def _count_rows(self, v: Version, index: ResourceIndex) -> None:
+        rows = 2 + len(index.entries) + len(index.sort)
+        self.rows += rows
+        self._store._rows_written += rows
+        if v.type == TERM_TYPE:
+            self._store._staged_events += 1
 
     async def get_setting(self, key: str) -> Any:
         sql = "SELECT value FROM settings WHERE key = ?"
@@ -233,7 +255,7 @@ class SqliteTransaction(Transaction):
             self._conn.execute(
                 f"INSERT INTO history ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", values
             )
-        self._store._rows_written += 2 + len(index.entries) + len(index.sort)
+        self._count_rows(v, index)
         if found:
             self.flush()  # the buffered rows may include this resource's previous index
         write_index(self._conn, v.type, v.id, index, replace=bool(found), into=self._pending)
@@ -254,6 +276,7 @@ def write_index(
             conn.execute(f"DELETE FROM {table} WHERE rtype = ? AND rid = ?", (type_, id_))
         if type_ == TERM_TYPE:
             conn.execute("DELETE FROM audit_terms WHERE rid = ?", (id_,))
+            conn.execute(f"DELETE FROM {STAGED} WHERE rid = ?", (id_,))
     rows: dict[str, list[tuple[Any, ...]]] = {} if into is None else into
     for table, row in index_rows(type_, id_, index):
         table_rows = rows.get(table)
@@ -308,10 +331,11 @@ def _history_arm(
     return sql + (" WHERE " + " AND ".join(where) if where else "")
 
 
-THREAD_COMMIT_ROWS = 256
-"""A commit inserting at least this many buffered rows (a group of audit events, a bundle)
-runs on a worker thread: sqlite3 releases the GIL while it inserts and writes the WAL, so the
-event loop goes on serving requests meanwhile."""
+THREAD_COMMIT_ROWS = 64
+"""A commit writing at least this many rows (resources and index entries, counted as
+`SqliteTransaction.rows`: a group of audit events, a bundle) runs on a worker thread:
+sqlite3 releases the GIL while it inserts and writes the WAL, so the event loop goes on
+serving requests meanwhile."""
 
 
 async def _on_thread(call: Callable[..., T], *args: Any) -> T:
@@ -330,6 +354,23 @@ async def _on_thread(call: Callable[..., T], *args: Any) -> T:
     if cancelled:
         raise asyncio.CancelledError
     return result
+
+
+def _merge_staged(conn: sqlite3.Connection) -> None:
+    """Move the staged AuditEvent terms into `audit_terms` (sqlite_terms.py), inside the
+    transaction open on `conn`."""
+    for statement in MERGE_STAGED:
+        conn.execute(statement)
+
+
+def _merge_on_its_own(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        _merge_staged(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def _commit(conn: sqlite3.Connection, tx: SqliteTransaction) -> None:
@@ -357,6 +398,9 @@ class SqliteStore(Store):
         self._write_lock = asyncio.Lock()
         self._checkpointer: _Checkpointer | None = None
         self._rows_written = 0
+        self._staged_events = 0
+        """AuditEvents this process has staged since its last merge (sqlite_terms.py)."""
+        self._merging: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -374,6 +418,11 @@ class SqliteStore(Store):
         self._checkpointer = _Checkpointer(self.path)
 
     async def close(self) -> None:
+        if self._merging is not None:
+            await self._merging
+        if self._writer is not None:
+            # What is still staged is merged now (a database at rest holds no staged terms).
+            await self._merge()
         if self._checkpointer is not None:
             self._checkpointer.close()
             self._checkpointer = None
@@ -442,12 +491,40 @@ class SqliteStore(Store):
             condition += " AND " + render(where, "r", type_, sql)
         return condition
 
-    async def search(self, query: SearchQuery) -> list[Match]:
-        return self._search(self._read_conn, query)
+    async def _merge(self) -> None:
+        """Merge the staged AuditEvent terms in a transaction of their own (on a worker
+        thread: a merge is one long statement in SQLite)."""
+        async with self._write_lock:
+            conn = self._writer
+            if conn is None:
+                raise StorageError("SQLite store is not open")
+            self._staged_events = 0
+            await _on_thread(_guard, lambda: _merge_on_its_own(conn))
 
-    def _search(self, conn: sqlite3.Connection, query: SearchQuery) -> list[Match]:
-        """Two steps: the page's ids and sort keys first, then only those bodies (sorting
-        a large match set never drags every body along)."""
+    async def _merge_if_read(self, sql: str) -> None:
+        """Before a query that reads `audit_terms`: merge what is staged (by any process)."""
+        if not reads_terms(sql):
+            return
+        # max(rowid) is one step down the table's B-tree (and None when nothing is staged).
+        staged = _guard(lambda: self._read_conn.execute(f"SELECT max(rowid) FROM {STAGED}"))
+        if staged.fetchone()[0] is not None:
+            await self._merge()
+
+    async def _merge_in_background(self) -> None:
+        try:
+            await self._merge()
+        except StorageError as exc:
+            log.warning("staged AuditEvent terms not merged yet: %s", exc)
+        finally:
+            self._merging = None
+
+    async def search(self, query: SearchQuery) -> list[Match]:
+        text, params = self._page_sql(query)
+        await self._merge_if_read(text)
+        return self._search(self._read_conn, query, text, params)
+
+    def _page_sql(self, query: SearchQuery) -> tuple[str, list[Any]]:
+        """The query for the page's ids and sort keys (the first of `_search`'s two steps)."""
         descending = query.directions()
         sql = Sql()
         keys = [
@@ -464,7 +541,14 @@ class SqliteStore(Store):
         order.append("id DESC" if query.backwards else "id")
         text += f" ORDER BY {', '.join(order)} LIMIT ?"
         sql.params.append(query.limit)
-        page = self._fetch(text, tuple(sql.params), conn)
+        return text, sql.params
+
+    def _search(
+        self, conn: sqlite3.Connection, query: SearchQuery, text: str, params: list[Any]
+    ) -> list[Match]:
+        """Two steps: the page's ids and sort keys first (`_page_sql`), then only those
+        bodies (sorting a large match set never drags every body along)."""
+        page = self._fetch(text, tuple(params), conn)
         if query.backwards:
             page.reverse()
         if not page:
@@ -479,12 +563,13 @@ class SqliteStore(Store):
         return [Match(versions[row[0]], (*row[1:], row[0])) for row in page]
 
     async def count(self, type_: str, where: Predicate | None, limit: int | None = None) -> int:
-        return self._count(self._read_conn, type_, where, limit)
+        text, params = self._count_sql(type_, where, limit)
+        await self._merge_if_read(text)
+        return self._count(self._read_conn, text, params)
 
-    def _count(
-        self, conn: sqlite3.Connection, type_: str, where: Predicate | None,
-        limit: int | None = None,
-    ) -> int:
+    def _count_sql(
+        self, type_: str, where: Predicate | None, limit: int | None = None
+    ) -> tuple[str, list[Any]]:
         sql = Sql()
         rows_of = index_only_count(where, type_, sql)
         if rows_of is None:
@@ -493,8 +578,10 @@ class SqliteStore(Store):
         if limit is not None:
             text += " LIMIT ?"
             sql.params.append(limit)
-        rows = self._fetch(text + ")", tuple(sql.params), conn)
-        return int(rows[0][0])
+        return text + ")", sql.params
+
+    def _count(self, conn: sqlite3.Connection, text: str, params: list[Any]) -> int:
+        return int(self._fetch(text, tuple(params), conn)[0][0])
 
     def explain(self, query: SearchQuery) -> list[str]:
         """SQLite's plan for a search (tests assert it uses indexes)."""
@@ -548,7 +635,7 @@ class SqliteStore(Store):
             except BaseException:
                 _guard(lambda: conn.execute("ROLLBACK"))
                 raise
-            if tx.buffered() < THREAD_COMMIT_ROWS:
+            if tx.rows < THREAD_COMMIT_ROWS:
                 # On this thread: for a few rows a hop to a worker thread costs more than the
                 # work (a sequential client lost ~1 ms a write).
                 _commit(conn, tx)
@@ -557,3 +644,5 @@ class SqliteStore(Store):
             if self._rows_written >= CHECKPOINT_EVERY_ROWS and self._checkpointer is not None:
                 self._rows_written = 0
                 self._checkpointer.request()
+            if self._staged_events >= MERGE_EVENTS and self._merging is None:
+                self._merging = asyncio.create_task(self._merge_in_background())

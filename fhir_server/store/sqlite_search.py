@@ -44,14 +44,15 @@ from fhir_server.search.model import (
 )
 from fhir_server.search.ranges import range_conditions
 from fhir_server.store.sqlite_terms import (
-    INSERT_TERM,
     ROW_DATE,
+    STAGED,
     TERM_ENTRIES,
     TERM_LEAVES,
     TERM_SCHEMA,
     TERM_TYPE,
     Terms,
     date_on_row,
+    staged_row,
     terms_of,
 )
 
@@ -139,15 +140,17 @@ seven B-tree insertions fewer on every write."""
 def index_rows(type_: str, id_: str, index: ResourceIndex) -> Iterator[tuple[str, tuple[Any, ...]]]:
     """(table, row) for every entry; composite components go under `code$i`, grouped by `grp`;
     AuditEvents' tokens, strings and references are terms (sqlite_terms.py)."""
-    terms = type_ == TERM_TYPE
-    skipped = (ON_RESOURCE_ROW, ROW_DATE) if terms and date_on_row(index) else (ON_RESOURCE_ROW,)
+    terms: list[str] | None = [] if type_ == TERM_TYPE else None
+    skipped = (
+        (ON_RESOURCE_ROW, ROW_DATE) if terms is not None and date_on_row(index)
+        else (ON_RESOURCE_ROW,)
+    )
     for param, entries in index.entries.items():
         if param in skipped:
             continue
         for grp, entry in enumerate(entries):
-            if terms and isinstance(entry, TERM_ENTRIES):
-                for term in terms_of(param, entry):
-                    yield "audit_terms", (term, id_)
+            if terms is not None and isinstance(entry, TERM_ENTRIES):
+                terms += terms_of(param, entry)
             elif isinstance(entry, CompositeEntry):
                 for position, component in enumerate(entry.components):
                     for part in component:
@@ -158,11 +161,11 @@ def index_rows(type_: str, id_: str, index: ResourceIndex) -> Iterator[tuple[str
     for param, (asc, desc) in index.sort.items():
         if param not in skipped:
             yield "sort_keys", (type_, id_, param, asc, desc)
+    if terms:
+        yield STAGED, staged_row(id_, terms)
 
 
 def insert_sql(table: str, width: int) -> str:
-    if table == "audit_terms":
-        return INSERT_TERM  # an event's repeated term is one row
     return f"INSERT INTO {table} VALUES ({', '.join('?' * width)})"
 
 

@@ -19,6 +19,16 @@ Terms (`\\x1f` separates the parts; a query on one parameter and kind is a range
              that do not repeat from one event to the next, so their pages are most of what a
              commit writes).
 
+Terms are written in two steps, because a term goes to a random place in the tree (an event's
+Patient, its agent) and a commit writes every page it touched: a commit appends each event's
+terms as one row of `audit_terms_staged` (a JSON array; one append, whatever the number of
+terms), and `MERGE_STAGED` moves staged rows into `audit_terms` in sorted batches, so the pages
+of terms that repeat are written once a batch instead of once a commit. The SQLite store merges
+in the background once `MERGE_EVENTS` events are staged, and before any query that reads
+`audit_terms`, so a search always sees every committed event. Staged rows are committed with
+their events, so nothing is lost when a process stops before merging (another process's, or
+the next run's, first search merges them).
+
 Every query value travels as a bound parameter. Limits: a value containing `\\x1f` (no FHIR
 code, id or normalised name does) can match a neighbouring term; and a reference parameter
 searched without an id (`:missing`, a type alone) reads every event's reference terms.
@@ -28,6 +38,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from typing import Any
+
+import orjson
 
 from fhir_server.search.model import (
     ANY,
@@ -53,8 +65,24 @@ TERM_SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_terms (
     term TEXT NOT NULL, rid TEXT NOT NULL, PRIMARY KEY (term, rid)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS audit_terms_by_event ON audit_terms (rid);
+CREATE TABLE IF NOT EXISTS audit_terms_staged (rid TEXT NOT NULL, terms TEXT NOT NULL);
 """
-INSERT_TERM = "INSERT OR IGNORE INTO audit_terms (term, rid) VALUES (?, ?)"
+STAGED = "audit_terms_staged"
+MERGE_STAGED = (
+    # An event's repeated term is one row (OR IGNORE); sorted, each page is visited once.
+    "INSERT OR IGNORE INTO audit_terms (term, rid) SELECT j.value, s.rid "
+    "FROM audit_terms_staged s, json_each(s.terms) j ORDER BY 1, 2",
+    "DELETE FROM audit_terms_staged",
+)
+MERGE_EVENTS = 512
+"""Staged events after which the SQLite store merges them in the background: a merge holds
+the write lock for about 20 µs an event here, so larger batches save pages but delay the
+writes queued behind them."""
+
+
+def reads_terms(sql: str) -> bool:
+    """Whether a query reads `audit_terms` (and must see the staged terms merged first)."""
+    return "audit_terms" in sql
 S = "\x1f"
 _AFTER_S = "\x20"
 _MAX_CHAR = "\U0010ffff"
@@ -66,6 +94,11 @@ def date_on_row(index: ResourceIndex) -> bool:
     """Whether an AuditEvent's `date` is its `_lastUpdated`."""
     date = index.entries.get(ROW_DATE)
     return date is not None and date == index.entries.get("_lastUpdated")
+
+
+def staged_row(id_: str, terms: list[str]) -> tuple[str, str]:
+    """The `audit_terms_staged` row of event `id_`."""
+    return id_, orjson.dumps(terms).decode()
 
 
 def terms_of(param: str, entry: Any) -> Iterator[str]:

@@ -54,6 +54,7 @@ def _as_before_terms(db: Path) -> int:
     events = conn.execute("SELECT id, body FROM resources WHERE type = 'AuditEvent'").fetchall()
     conn.execute("BEGIN")
     conn.execute("DROP TABLE audit_terms")
+    conn.execute("DROP TABLE audit_terms_staged")
     conn.execute("DELETE FROM idx_date WHERE rtype = 'AuditEvent'")
     conn.execute("DELETE FROM sort_keys WHERE rtype = 'AuditEvent'")
     for id_, body in events:
