@@ -18,12 +18,16 @@ import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import orjson
+
 from fhir_server.search import types
 from fhir_server.search.indexer import index_resource
 from fhir_server.search.model import DateEntry, Entry, ResourceIndex
 from fhir_server.search.registry import Registry
 
 Resource = dict[str, Any]
+REMEMBERED_SHARED = 1024
+"""How many combinations of caller and interaction `EventIndexer` remembers the index of."""
 Values = Iterator[tuple[Any, str]]
 """(JSON value, FHIR type) pairs, as a parameter's expression would yield them."""
 
@@ -56,7 +60,11 @@ def _patients(event: Resource) -> Values:
 
 def _points_at_patient(reference: Resource) -> bool:
     literal = reference.get("reference")
-    if not isinstance(literal, str) or literal.startswith("#"):
+    return isinstance(literal, str) and _is_patient(literal)
+
+
+def _is_patient(literal: str) -> bool:
+    if literal.startswith("#"):
         return False  # events built here never hold contained resources
     literal = literal.split("/_history/", 1)[0]
     parts = literal.rsplit("/", 2)
@@ -114,6 +122,12 @@ _PATHS: dict[str, tuple[str, Callable[[Resource], Values]]] = {
 }
 """Each standard parameter of AuditEvent (registry.AUDIT_EVENT_PARAMS but `_id`, which is never
 indexed): its R4 expression, and the elements it selects."""
+_SHARED = ("agent", "type", "subtype", "action", "outcome")
+"""The elements most events repeat from the one before (same caller, same interaction)."""
+_OF_SHARED = ("action", "address", "agent", "agent-name", "altid", "outcome", "subtype", "type")
+"""The parameters that read nothing but `_SHARED` elements: indexed once for all the events
+that share them."""
+_OWN = tuple(code for code in _PATHS if code not in _OF_SHARED)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -147,6 +161,8 @@ class EventIndexer:
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
         self._checked: tuple[int, bool] | None = None
+        self._common: dict[tuple[bytes, ...], ResourceIndex] = {}
+        """The index of `_OF_SHARED`, by the JSON of the `_SHARED` elements it was read from."""
 
     def _standard(self) -> bool:
         """Whether AuditEvent has exactly the standard parameters (no custom one)."""
@@ -157,18 +173,31 @@ class EventIndexer:
                 p.expression == _PATHS[c][0] and p.type != "composite" for c, p in indexed.items()
             )
             self._checked = (id(params), standard)
+            self._common.clear()
         return self._checked[1]
 
     def __call__(self, event: Resource) -> ResourceIndex:
         if not self._standard():
             return index_resource(event, self._registry)
+        shared = tuple(orjson.dumps(event.get(name)) for name in _SHARED)
+        common = self._common.get(shared)
+        if common is None:
+            common = self._common[shared] = self._index(event, _OF_SHARED)
+            if len(self._common) > REMEMBERED_SHARED:
+                del self._common[next(iter(self._common))]
+        own = self._own(event)
+        # Fresh lists: an index is the caller's to change.
+        entries = {code: list(found) for code, found in common.entries.items()}
+        return ResourceIndex(entries | own.entries, common.sort | own.sort)
+
+    def _index(self, event: Resource, codes: tuple[str, ...]) -> ResourceIndex:
         params = self._registry.params("AuditEvent")
         entries: dict[str, Any] = {}
         sort: dict[str, Any] = {}
-        for code, (_, select) in _PATHS.items():
+        for code in codes:
             param = params[code]
             found: list[Entry] = []
-            for value, fhir_type in select(event):
+            for value, fhir_type in _PATHS[code][1](event):
                 found += _entries(param.type, value, fhir_type)
             if not found:
                 continue
@@ -181,6 +210,52 @@ class EventIndexer:
                     types.sort_key(param.type, found, True),
                 )
         return ResourceIndex(entries, sort)
+
+
+    def _own(self, event: Resource) -> ResourceIndex:
+        """`_index(event, _OWN)` for the shapes events.py builds, from the entries remembered
+        for each reference and instant (a new instant every event, but a popular record's
+        reference again and again); any other shape takes the general path."""
+        whats = _literals(event.get("entity") or (), "what", ("reference",))
+        whos = _literals(event.get("agent") or (), "who", ("display", "reference"))
+        instant = (event.get("meta") or {}).get("lastUpdated")
+        if whats is None or whos is None or not isinstance(instant, str):
+            return self._index(event, _OWN)
+        entries: dict[str, Any] = {}
+        sort: dict[str, Any] = {}
+        for code, moment in (("_lastUpdated", instant), ("date", event.get("recorded"))):
+            if isinstance(moment, str):
+                entries[code] = found = list(_instant("date", moment))
+                sort[code] = _date_sort_key(found)
+        for code, literals in (
+            ("entity", whats), ("patient", [r for r in (*whos, *whats) if _is_patient(r)])
+        ):
+            found = [entry for literal in literals for entry in _reference(literal)]
+            if found:
+                entries[code] = list(dict.fromkeys(found)) if len(found) > 1 else found
+        return ResourceIndex(entries, sort)
+
+
+def _literals(items: Any, key: str, allowed: tuple[str, ...]) -> list[str] | None:
+    """The literal references of `item[key]` for each item, or None when one of them holds
+    more than `allowed` (an identifier, say: the general path extracts that)."""
+    found = []
+    for item in items:
+        value = item.get(key)
+        if value is None:
+            continue
+        literal = value.get("reference")
+        if not isinstance(literal, str) or any(k not in allowed for k in value):
+            if literal is None and all(k in allowed for k in value):
+                continue  # a display alone: nothing to index
+            return None
+        found.append(literal)
+    return found
+
+
+@functools.lru_cache(maxsize=65536)
+def _reference(literal: str) -> tuple[Entry, ...]:
+    return tuple(types.extract("reference", {"reference": literal}, "Reference"))
 
 
 def _date_sort_key(found: list[Entry]) -> tuple[Any, Any]:

@@ -72,6 +72,8 @@ def _instant_range(text: Any) -> tuple[str, str] | None:
         except ValueError:
             pass
         else:
+            if (last := text[25]) < "9":  # the next microsecond, as text
+                return text, f"{text[:25]}{chr(ord(last) + 1)}Z"
             return text, _shift(start, _MICROSECOND)
     try:
         start, end = _parse_range(text)
