@@ -513,7 +513,9 @@ async def test_ten_thousand_entry_transaction(client: httpx.AsyncClient, engine:
     response = await send(client, tx(*entries), Prefer="return=minimal")
     assert response.status_code == 200, response.text[:500]
     assert len(response.json()["entry"]) == n
-    assert time.perf_counter() - started < 60
+    # A guard against work that grows with the square of the entries, not a speed figure
+    # (bench_ingest measures that): a slow shared host needed 67 s for mongomock's 2,000.
+    assert time.perf_counter() - started < 240
     assert (await client.get("/Patient", params={"_summary": "count"})).json()["total"] == n
 
 
