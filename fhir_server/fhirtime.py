@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 
@@ -100,29 +101,45 @@ def parse_http_date(text: str) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECONDS = timedelta(microseconds=1)
+
+
 class Clock:
     """Hands out strictly increasing instants within this process.
 
     A resource's versions must have increasing lastUpdated even when written within the same
     microsecond, and across processes (the CLI writing while the server runs) we also step past
-    the previous version's instant.
+    the previous version's instant. Every write and every AuditEvent takes one, so the clock
+    counts integer microseconds and formats each second's text once.
     """
 
     def __init__(self) -> None:
-        self._last = datetime.min.replace(tzinfo=UTC)
+        self._last = 0
+        """Microseconds since the epoch of the last instant handed out."""
+        self._second = -1
+        self._prefix = ""
         self._lock = threading.Lock()
 
     def next(self, after: str | None = None) -> str:
         with self._lock:
-            moment = max(datetime.now(UTC), self._last + timedelta(microseconds=1))
-            text = format_instant(moment)
+            moment = max(time.time_ns() // 1000, self._last + 1)
+            text = self._text(moment)
             # Stored instants are fixed-width, so they compare as text: `after` is parsed
-            # (strptime, ~15 µs) only when the clock has not yet passed it.
+            # only when the clock has not yet passed it.
             if after is not None and (len(after) != len(text) or text <= after):
-                moment = max(moment, parse_instant(after) + timedelta(microseconds=1))
-                text = format_instant(moment)
+                passed = (parse_instant(after) - _EPOCH) // _MICROSECONDS + 1
+                if passed > moment:
+                    moment, text = passed, self._text(passed)
             self._last = moment
         return text
+
+    def _text(self, moment: int) -> str:
+        second, fraction = divmod(moment, 1_000_000)
+        if second != self._second:
+            self._second = second
+            self._prefix = format_instant(datetime.fromtimestamp(second, UTC))[:20]
+        return f"{self._prefix}{fraction:06d}Z"
 
 
 clock = Clock()
