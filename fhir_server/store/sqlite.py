@@ -433,6 +433,13 @@ class SqliteStore(Store):
 
     @property
     def _read_conn(self) -> sqlite3.Connection:
+        # In WAL mode a connection empties its page cache whenever the database changed since
+        # its last read, and every request commits an AuditEvent: a reader beside the writer
+        # would start every query cold. The writer's cache survives its own commits, so reads
+        # take the writer whenever no transaction holds it (the write lock is held from BEGIN
+        # to COMMIT, also while a commit runs on a worker thread), and the reader otherwise.
+        if self._writer is not None and not self._write_lock.locked():
+            return self._writer
         if self._reader is None:
             raise StorageError("SQLite store is not open")
         return self._reader
@@ -506,8 +513,9 @@ class SqliteStore(Store):
         if not reads_terms(sql):
             return
         # max(rowid) is one step down the table's B-tree (and None when nothing is staged).
-        staged = _guard(lambda: self._read_conn.execute(f"SELECT max(rowid) FROM {STAGED}"))
-        if staged.fetchone()[0] is not None:
+        conn = self._read_conn
+        staged = _guard(lambda: conn.execute(f"SELECT max(rowid) FROM {STAGED}").fetchall())
+        if staged[0][0] is not None:
             await self._merge()
 
     async def _merge_in_background(self) -> None:
