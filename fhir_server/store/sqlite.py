@@ -44,6 +44,8 @@ from fhir_server.store.sqlite_search import (
     sort_expression,
 )
 from fhir_server.store.sqlite_terms import (
+    MERGE_CHUNK_END,
+    MERGE_CHUNK_EVENTS,
     MERGE_EVENTS,
     MERGE_STAGED,
     MOVE_TO_TERMS,
@@ -356,21 +358,32 @@ async def _on_thread(call: Callable[..., T], *args: Any) -> T:
     return result
 
 
-def _merge_staged(conn: sqlite3.Connection) -> None:
-    """Move the staged AuditEvent terms into `audit_terms` (sqlite_terms.py), inside the
-    transaction open on `conn`."""
+def _merge_staged(conn: sqlite3.Connection, events: int | None = None) -> bool:
+    """Move the staged AuditEvent terms (of the first `events` staged events; all by default)
+    into `audit_terms` (sqlite_terms.py), inside the transaction open on `conn`. Returns
+    whether anything was staged."""
+    if events is None:
+        last = conn.execute(f"SELECT max(rowid) FROM {STAGED}").fetchone()[0]
+    else:
+        last = conn.execute(MERGE_CHUNK_END, (events - 1,)).fetchone()[0]
+    if last is None:
+        return False
     for statement in MERGE_STAGED:
-        conn.execute(statement)
+        conn.execute(statement, (last,))
+    return True
 
 
-def _merge_on_its_own(conn: sqlite3.Connection) -> None:
+def _merge_chunk(conn: sqlite3.Connection) -> bool:
+    """Merge the next chunk of staged events in a transaction of its own; whether there was
+    one."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        _merge_staged(conn)
+        merged = _merge_staged(conn, MERGE_CHUNK_EVENTS)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+    return merged
 
 
 def _commit(conn: sqlite3.Connection, tx: SqliteTransaction) -> None:
@@ -499,14 +512,16 @@ class SqliteStore(Store):
         return condition
 
     async def _merge(self) -> None:
-        """Merge the staged AuditEvent terms in a transaction of their own (on a worker
-        thread: a merge is one long statement in SQLite)."""
-        async with self._write_lock:
-            conn = self._writer
-            if conn is None:
-                raise StorageError("SQLite store is not open")
-            self._staged_events = 0
-            await _on_thread(_guard, lambda: _merge_on_its_own(conn))
+        """Merge every staged AuditEvent term, a chunk a transaction (on a worker thread: a
+        merge is one long statement in SQLite), letting queued writes in between chunks."""
+        self._staged_events = 0
+        while True:
+            async with self._write_lock:
+                conn = self._writer
+                if conn is None:
+                    raise StorageError("SQLite store is not open")
+                if not await _on_thread(_guard, lambda conn=conn: _merge_chunk(conn)):
+                    return
 
     async def _merge_if_read(self, sql: str) -> None:
         """Before a query that reads `audit_terms`: merge what is staged (by any process)."""

@@ -71,13 +71,20 @@ STAGED = "audit_terms_staged"
 MERGE_STAGED = (
     # An event's repeated term is one row (OR IGNORE); sorted, each page is visited once.
     "INSERT OR IGNORE INTO audit_terms (term, rid) SELECT j.value, s.rid "
-    "FROM audit_terms_staged s, json_each(s.terms) j ORDER BY 1, 2",
-    "DELETE FROM audit_terms_staged",
+    "FROM audit_terms_staged s, json_each(s.terms) j WHERE s.rowid <= ? ORDER BY 1, 2",
+    "DELETE FROM audit_terms_staged WHERE rowid <= ?",
 )
+"""Merge the staged rows up to a rowid (each statement takes it)."""
+MERGE_CHUNK_END = (
+    "SELECT coalesce((SELECT rowid FROM audit_terms_staged ORDER BY rowid LIMIT 1 OFFSET ?), "
+    "(SELECT max(rowid) FROM audit_terms_staged))"
+)
+"""The last rowid of the next chunk of staged events (None when nothing is staged)."""
 MERGE_EVENTS = 512
-"""Staged events after which the SQLite store merges them in the background: a merge holds
-the write lock for about 20 µs an event here, so larger batches save pages but delay the
-writes queued behind them."""
+"""Staged events after which the SQLite store merges them in the background."""
+MERGE_CHUNK_EVENTS = 32
+"""Events merged in one transaction: the write lock is released between chunks, so a merge
+delays the writes queued behind it by one chunk (a few ms) rather than by all of them."""
 
 
 def reads_terms(sql: str) -> bool:

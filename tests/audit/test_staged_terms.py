@@ -51,7 +51,10 @@ async def _events(http: httpx.AsyncClient, **params: str) -> list[dict]:
     return [e["resource"] for e in bundle.get("entry", [])]
 
 
-async def test_a_search_merges_the_staged_terms_first(tmp_path: Path) -> None:
+async def test_a_search_merges_the_staged_terms_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "MERGE_CHUNK_EVENTS", 2)  # several chunks
     async with _server(tmp_path) as (http, _store):
         patient = await _audited_patient(http, reads=3)
         assert _staged(tmp_path) >= 4, "the events' terms were not staged"
@@ -84,6 +87,7 @@ async def test_staged_terms_are_merged_in_the_background(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sqlite_store, "MERGE_EVENTS", 5)
+    monkeypatch.setattr(sqlite_store, "MERGE_CHUNK_EVENTS", 2)
     async with _server(tmp_path) as (http, store):
         await _audited_patient(http, reads=6)
         if store._merging is not None:
