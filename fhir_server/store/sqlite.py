@@ -3,8 +3,9 @@
 Calls run directly on the event-loop thread: each statement takes microseconds, and a thread
 hand-off would cost more than the work. Writes go through one writer connection guarded by an
 asyncio lock (SQLite allows one writer at a time anyway; `BEGIN IMMEDIATE` plus a busy timeout
-serialises us with other processes such as the CLI). Reads use a separate connection, so they
-never see another request's uncommitted transaction.
+serialises us with other processes such as the CLI). Reads use the writer connection when no
+transaction holds it (its page cache survives its own commits) and a separate connection while
+one does, so they never see another request's uncommitted transaction.
 """
 
 from __future__ import annotations
