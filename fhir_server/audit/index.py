@@ -211,7 +211,6 @@ class EventIndexer:
                 )
         return ResourceIndex(entries, sort)
 
-
     def _own(self, event: Resource) -> ResourceIndex:
         """`_index(event, _OWN)` for the shapes events.py builds, from the entries remembered
         for each reference and instant (a new instant every event, but a popular record's
