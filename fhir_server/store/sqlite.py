@@ -90,19 +90,22 @@ def _guard(call: Callable[[], T]) -> T:
         raise StorageError(f"SQLite: {exc}") from exc
 
 
+BUSY_TIMEOUT_MS = 10_000
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     return conn
 
 
 # The writer's page cache (KiB, negative per SQLite's convention): an ingest touches many index
 # pages per transaction, and a larger cache keeps them resident. Checkpoints (copying the WAL
 # back into the database, with its fsyncs) run on a thread of their own (`_Checkpointer`), so a
-# commit does not wait for them; the writer's automatic checkpoint stays as a backstop for a
-# WAL the thread has not caught up with (64 MB).
+# commit does not wait for them, and the store then restarts the WAL (`_restart_wal`); the
+# writer's automatic checkpoint stays as a backstop for a WAL that was not restarted (64 MB).
 WRITER_PRAGMAS = ("PRAGMA cache_size=-65536", "PRAGMA wal_autocheckpoint=16384")
 CHECKPOINT_EVERY_ROWS = 4000
 """Rows written (resources, history, index) after which a background checkpoint is asked for.
@@ -113,15 +116,62 @@ it reached the writer's own 64 MB checkpoint and stalled a search for a second, 
 the search benchmark's p99 reached 0.19-0.73 s at 100k resources (at 4,000: at most 43 ms)."""
 
 
+RESTART_WAIT_MS = 100
+"""How long restarting the WAL may wait for readers of older snapshots (another process's
+long query) before it gives up until the next checkpoint; writes wait meanwhile."""
+
+
+def _restart_wal(conn: sqlite3.Connection) -> None:
+    """Checkpoint what the background checkpoint left (the frames committed while it ran) and
+    make the next write start the WAL from its beginning.
+
+    Under continuous commits a passive checkpoint never catches up with the writer, and SQLite
+    rewinds the WAL only when a write finds it fully copied. The WAL then grew until the
+    writer's own automatic checkpoint copied and fsynced 64 MB inside a commit (100-200 ms
+    with every write waiting). Here the caller holds the write lock, and the few frames left
+    take a few milliseconds."""
+    try:
+        conn.execute(f"PRAGMA busy_timeout={RESTART_WAIT_MS}")
+        try:
+            conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    except sqlite3.Error:
+        pass  # busy: the next checkpoint tries again (the commit before it stands either way)
+
+
+CATCH_UP_FRAMES = 64
+CATCH_UP_PASSES = 5
+
+
+def _catch_up(conn: sqlite3.Connection) -> bool:
+    """Passive checkpoints until one leaves fewer than `CATCH_UP_FRAMES` frames behind it (or
+    `CATCH_UP_PASSES` were made), so that `_restart_wal`, which holds up writes for about
+    11 µs a frame, has little left. Each pass copies what was committed up to its start, so
+    the frames written during a pass of 5,000 (~50 ms) are copied by the next, shorter one.
+    False when another checkpoint was running."""
+    copied = 0
+    for _ in range(CATCH_UP_PASSES):
+        busy, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if busy:
+            return False
+        if frames < copied + CATCH_UP_FRAMES:  # few new frames, or the WAL was restarted
+            break
+        copied = frames
+    return True
+
+
 class _Checkpointer:
-    """Runs `PRAGMA wal_checkpoint(PASSIVE)` on its own connection and thread when asked.
+    """Runs passive checkpoints (`_catch_up`) on its own connection and thread when asked.
 
     SQLite releases the GIL while it works, so the copy and its fsyncs overlap the next
-    request; a passive checkpoint never blocks the writer or the readers.
+    request; a passive checkpoint never blocks the writer or the readers. `finished` is set
+    after each catch-up, for the store to restart the WAL.
     """
 
     def __init__(self, path: Path) -> None:
         self._path = path
+        self.finished = threading.Event()
         self._wake = threading.Event()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
@@ -141,9 +191,18 @@ class _Checkpointer:
                 try:
                     if conn is None:
                         conn = _connect(self._path)
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    caught_up = _catch_up(conn)
                 except sqlite3.Error:
-                    pass  # busy or failing: the writer's automatic checkpoint remains
+                    continue  # failing: the writer's automatic checkpoint remains
+                if caught_up:
+                    # Requests made meanwhile are served: the passes went on until caught up.
+                    # Left pending, the next pass would collide with the store's restart (only
+                    # one checkpoint runs at a time). `close()` sets `_stopping` before it
+                    # wakes the thread, so clearing here cannot lose its wake-up.
+                    self._wake.clear()
+                    if self._stopping:
+                        return
+                    self.finished.set()
         finally:
             if conn is not None:
                 conn.close()
@@ -521,8 +580,26 @@ class SqliteStore(Store):
                 conn = self._writer
                 if conn is None:
                     raise StorageError("SQLite store is not open")
-                if not await _on_thread(_guard, lambda conn=conn: _merge_chunk(conn)):
+                written = conn.total_changes
+                merged = await _on_thread(_guard, lambda conn=conn: _merge_chunk(conn))
+                self._rows_written += conn.total_changes - written
+                await self._after_commit(conn)
+                if not merged:
                     return
+
+    async def _after_commit(self, conn: sqlite3.Connection) -> None:
+        """With the write lock still held: restart the WAL after a finished background
+        checkpoint, and ask for the next one once enough rows were written."""
+        checkpointer = self._checkpointer
+        if checkpointer is None:
+            return
+        if checkpointer.finished.is_set():
+            # Cleared first: a checkpoint requested below must not be mistaken for this one.
+            checkpointer.finished.clear()
+            await _on_thread(_restart_wal, conn)
+        if self._rows_written >= CHECKPOINT_EVERY_ROWS:
+            self._rows_written = 0
+            checkpointer.request()
 
     async def _merge_if_read(self, sql: str) -> None:
         """Before a query that reads `audit_terms`: merge what is staged (by any process)."""
@@ -665,8 +742,6 @@ class SqliteStore(Store):
                 _commit(conn, tx)
             else:
                 await _on_thread(_commit, conn, tx)
-            if self._rows_written >= CHECKPOINT_EVERY_ROWS and self._checkpointer is not None:
-                self._rows_written = 0
-                self._checkpointer.request()
+            await self._after_commit(conn)
             if self._staged_events >= MERGE_EVENTS and self._merging is None:
                 self._merging = asyncio.create_task(self._merge_in_background())
