@@ -419,24 +419,25 @@ async def _on_thread(call: Callable[..., T], *args: Any) -> T:
     return result
 
 
-def _merge_staged(conn: sqlite3.Connection, events: int | None = None) -> bool:
+def _merge_staged(conn: sqlite3.Connection, events: int | None = None) -> int:
     """Move the staged AuditEvent terms (of the first `events` staged events; all by default)
     into `audit_terms` (sqlite_terms.py), inside the transaction open on `conn`. Returns
-    whether anything was staged."""
+    how many events were merged."""
     if events is None:
         last = conn.execute(f"SELECT max(rowid) FROM {STAGED}").fetchone()[0]
     else:
         last = conn.execute(MERGE_CHUNK_END, (events - 1,)).fetchone()[0]
     if last is None:
-        return False
+        return 0
+    merged = 0
     for statement in MERGE_STAGED:
-        conn.execute(statement, (last,))
-    return True
+        merged = conn.execute(statement, (last,)).rowcount  # the last one deletes the rows
+    return merged
 
 
-def _merge_chunk(conn: sqlite3.Connection) -> bool:
-    """Merge the next chunk of staged events in a transaction of its own; whether there was
-    one."""
+def _merge_chunk(conn: sqlite3.Connection) -> int:
+    """Merge the next chunk of staged events in a transaction of its own; how many events
+    it held."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         merged = _merge_staged(conn, MERGE_CHUNK_EVENTS)
@@ -574,7 +575,11 @@ class SqliteStore(Store):
 
     async def _merge(self) -> None:
         """Merge every staged AuditEvent term, a chunk a transaction (on a worker thread: a
-        merge is one long statement in SQLite), letting queued writes in between chunks."""
+        merge is one long statement in SQLite), letting queued writes in between chunks.
+
+        It stops at the first chunk that is not full: everything staged before then is
+        merged. Events staged meanwhile wait for the next merge; chasing them, a chunk of one
+        or two events after every request, cost each request 3-4 ms of merging."""
         self._staged_events = 0
         while True:
             async with self._write_lock:
@@ -585,7 +590,7 @@ class SqliteStore(Store):
                 merged = await _on_thread(_guard, lambda conn=conn: _merge_chunk(conn))
                 self._rows_written += conn.total_changes - written
                 await self._after_commit(conn)
-                if not merged:
+                if merged < MERGE_CHUNK_EVENTS:
                     return
 
     async def _after_commit(self, conn: sqlite3.Connection) -> None:

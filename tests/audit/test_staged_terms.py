@@ -116,3 +116,37 @@ async def test_replacing_a_staged_events_index_replaces_its_terms(tmp_path: Path
         for outcome, expected in (("4", False), ("8", True)):
             found = await _events(http, outcome=outcome, _id=rid)
             assert bool(found) is expected, outcome
+
+
+async def test_a_merge_stops_once_it_has_caught_up_with_the_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events staged while a merge runs wait for the next one: chasing them, the merge took a
+    chunk of one or two events after every request (3-4 ms each)."""
+    monkeypatch.setattr(sqlite_store, "MERGE_EVENTS", 5)
+    monkeypatch.setattr(sqlite_store, "MERGE_CHUNK_EVENTS", 3)
+    runs: list[list[int]] = []
+    merge_chunk = sqlite_store._merge_chunk
+
+    def recorded(conn: sqlite3.Connection) -> int:
+        merged = merge_chunk(conn)
+        runs[-1].append(merged)
+        return merged
+
+    monkeypatch.setattr(sqlite_store, "_merge_chunk", recorded)
+    async with _server(tmp_path) as (http, store):
+        merge = store._merge
+
+        async def run() -> None:
+            runs.append([])
+            await merge()
+
+        monkeypatch.setattr(store, "_merge", run)
+        await _audited_patient(http, reads=40)
+        if store._merging is not None:
+            await store._merging
+    assert len(runs) >= 5  # the background merges and the one at close
+    for chunks in runs:
+        # Full chunks, then one that is not: the merge ends there.
+        assert all(merged == 3 for merged in chunks[:-1]), runs
+        assert chunks[-1] < 3, runs
