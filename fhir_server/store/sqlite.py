@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -419,6 +420,19 @@ async def _on_thread(call: Callable[..., T], *args: Any) -> T:
     return result
 
 
+def _drop_changed_indexes(conn: sqlite3.Connection, schema: str) -> None:
+    """Drop every index whose definition in `schema` has changed since the database was
+    created, for the schema script to build it anew: indexes are derived data, and a new
+    release may widen one (a covering index) or change its columns."""
+    for name, definition in re.findall(r"CREATE INDEX IF NOT EXISTS (\w+) (ON [^;]+);", schema):
+        row = conn.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = ?", (name,)
+        ).fetchone()
+        if row is not None and row[0] != f"CREATE INDEX {name} {definition}":
+            log.warning("rebuilding SQLite index %s (its definition changed)", name)
+            conn.execute(f"DROP INDEX {name}")
+
+
 def _merge_staged(conn: sqlite3.Connection, events: int | None = None) -> int:
     """Move the staged AuditEvent terms (of the first `events` staged events; all by default)
     into `audit_terms` (sqlite_terms.py), inside the transaction open on `conn`. Returns
@@ -485,6 +499,7 @@ class SqliteStore(Store):
         writer = self._writer
         had_terms = bool(_guard(lambda: writer.execute(
             "SELECT 1 FROM sqlite_master WHERE name = 'audit_terms'").fetchall()))
+        _guard(lambda: _drop_changed_indexes(writer, SCHEMA + INDEX_SCHEMA))
         _guard(lambda: writer.executescript(SCHEMA + INDEX_SCHEMA))
         if not had_terms:
             _guard(lambda: writer.executescript(

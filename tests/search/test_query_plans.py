@@ -39,6 +39,7 @@ from fhir_server.search.parser import parse_search
 from fhir_server.search.registry import Registry, default_registry
 from fhir_server.store.base import SearchQuery, Store
 from fhir_server.store.sqlite import SqliteStore
+from fhir_server.store.sqlite_search import Sql
 
 BASE = "http://plans.test/fhir"
 MONGODB_URL = os.environ.get("FHIR_SERVER_TEST_MONGODB_URL")
@@ -171,14 +172,15 @@ class Typical:
     """The index lookups (plan lines on idx_* tables) the plan must contain, as regexes."""
 
 
-REF_BY_TARGET = r"USING (COVERING )?INDEX idx_reference_t \(ttype=\? AND tid=\? AND rtype=\? " \
+# The typical searches read their index tables' covering indexes only (sqlite_search.py).
+REF_BY_TARGET = r"USING COVERING INDEX idx_reference_t \(ttype=\? AND tid=\? AND rtype=\? " \
                 r"AND param=\?\)"
-TOKEN_BY_CODE = r"USING (COVERING )?INDEX idx_token_q \(rtype=\? AND param=\? AND code=\?"
+TOKEN_BY_CODE = r"USING COVERING INDEX idx_token_q \(rtype=\? AND param=\? AND code=\?"
 DATE_RANGE = r"USING (COVERING )?INDEX idx_date_[qh] \(rtype=\? AND param=\? AND (low|high)[<>]"
-STRING_PREFIX = r"USING (COVERING )?INDEX idx_string_q \(rtype=\? AND param=\? AND norm>\? " \
+STRING_PREFIX = r"USING COVERING INDEX idx_string_q \(rtype=\? AND param=\? AND norm>\? " \
                 r"AND norm<\?\)"
 # A further parameter of an AND is probed per candidate row on its (rtype, rid, param) index.
-PROBE = r"USING (COVERING )?INDEX idx_\w+_rp \(rtype=\? AND rid=\? AND param=\?\)"
+PROBE = r"USING COVERING INDEX idx_\w+_rp \(rtype=\? AND rid=\? AND param=\?( AND \w+[=<>]\?)*\)"
 
 TYPICAL = [
     Typical("Observation by patient+code", "Observation",
@@ -271,6 +273,23 @@ async def test_sqlite_search_uses_indexes(
     for line in plan:
         if re.match(r"^SEARCH [xe]\d+ ", line):
             assert re.search(r"USING (COVERING )?INDEX idx_\w+ \(", line), line
+
+
+async def test_sqlite_probes_a_candidate_before_reading_its_resource_row(
+    sqlite_store: SqliteStore, registry: Registry
+) -> None:
+    """An AND driven by one index table checks the other parameters on the index rows of the
+    driver's candidates, inside its sub-select, so only matches reach the resources table (a
+    patient's hundreds of Observations, a few with the code)."""
+    typical = TYPICAL[0]
+    sql = Sql()
+    where = sqlite_store._where(typical.type, query(typical, registry).where, sql)
+    driver = re.search(r"r\.id IN \(SELECT (x\d+)\.rid FROM idx_reference \1 WHERE (.*)\)$", where)
+    assert driver is not None, where
+    alias, conditions = driver.groups()
+    assert re.search(rf"EXISTS \(SELECT 1 FROM idx_token e\d+ INDEXED BY idx_token_rp "
+                     rf"WHERE e\d+\.rtype = \? AND e\d+\.rid = {alias}\.rid ", conditions), where
+    assert "r.id" not in conditions, where
 
 
 @pytest.mark.parametrize("typical", TYPICAL, ids=IDS)
