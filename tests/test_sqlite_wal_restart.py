@@ -121,3 +121,42 @@ async def test_steady_commits_keep_the_wal_short_without_the_writers_checkpoint(
         assert frames < 600 * one_write / 3
     finally:
         await store.close()
+
+
+@pytest.mark.usefixtures("no_automatic_checkpoints")
+async def test_after_a_large_commit_the_restart_waits_for_another_catch_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A merge chunk or a bundle commits thousands of frames, which the restart would copy
+    with every write waiting (50-80 ms at 100,000 resources): the background copies them
+    first, and a later small commit restarts the WAL."""
+    restarts: list[sqlite3.Connection] = []
+    restart_wal = sqlite._restart_wal
+
+    def counted(conn: sqlite3.Connection) -> None:
+        restarts.append(conn)
+        restart_wal(conn)
+
+    monkeypatch.setattr(sqlite, "_restart_wal", counted)
+    path = tmp_path / "fhir.sqlite"
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        for n in range(50):
+            await _write(store, n)
+        checkpointer = store._checkpointer
+        assert checkpointer is not None
+        checkpointer.finished.set()  # a catch-up has just finished
+        with monkeypatch.context() as large:
+            large.setattr(sqlite, "THREAD_COMMIT_ROWS", 1)  # every commit counts as large
+            await _write(store, 50)
+        assert restarts == []
+        for _ in range(500):  # the catch-up asked for instead
+            if checkpointer.finished.is_set():
+                break
+            await asyncio.sleep(0.01)
+        assert checkpointer.finished.is_set()
+        await _write(store, 51)
+        assert len(restarts) == 1
+    finally:
+        await store.close()

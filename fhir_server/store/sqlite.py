@@ -604,20 +604,30 @@ class SqliteStore(Store):
                 written = conn.total_changes
                 merged = await _on_thread(_guard, lambda conn=conn: _merge_chunk(conn))
                 self._rows_written += conn.total_changes - written
-                await self._after_commit(conn)
+                await self._after_commit(conn, small=False)
                 if merged < MERGE_CHUNK_EVENTS:
                     return
 
-    async def _after_commit(self, conn: sqlite3.Connection) -> None:
+    async def _after_commit(self, conn: sqlite3.Connection, small: bool) -> None:
         """With the write lock still held: restart the WAL after a finished background
-        checkpoint, and ask for the next one once enough rows were written."""
+        checkpoint, and ask for the next one once enough rows were written.
+
+        The restart copies under the lock what was committed since the catch-up, so it waits
+        for a `small` commit (fewer than `THREAD_COMMIT_ROWS` rows): a merge chunk or a bundle
+        writes thousands of frames (at 100,000 resources a restart right after a merge chunk
+        took 50-80 ms), which another catch-up copies first. During a long merge the WAL can
+        still reach the writer's own checkpoint (restarting anyway after 12,000 rows, tried,
+        made the restarts themselves 60-75 ms)."""
         checkpointer = self._checkpointer
         if checkpointer is None:
             return
         if checkpointer.finished.is_set():
             # Cleared first: a checkpoint requested below must not be mistaken for this one.
             checkpointer.finished.clear()
-            await _on_thread(_restart_wal, conn)
+            if small:
+                await _on_thread(_restart_wal, conn)
+            else:
+                checkpointer.request()
         if self._rows_written >= CHECKPOINT_EVERY_ROWS:
             self._rows_written = 0
             checkpointer.request()
@@ -757,12 +767,13 @@ class SqliteStore(Store):
             except BaseException:
                 _guard(lambda: conn.execute("ROLLBACK"))
                 raise
-            if tx.rows < THREAD_COMMIT_ROWS:
+            small = tx.rows < THREAD_COMMIT_ROWS
+            if small:
                 # On this thread: for a few rows a hop to a worker thread costs more than the
                 # work (a sequential client lost ~1 ms a write).
                 _commit(conn, tx)
             else:
                 await _on_thread(_commit, conn, tx)
-            await self._after_commit(conn)
+            await self._after_commit(conn, small)
             if self._staged_events >= MERGE_EVENTS and self._merging is None:
                 self._merging = asyncio.create_task(self._merge_in_background())
