@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import struct
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -39,61 +40,46 @@ def _wal_frames(path: Path) -> int:
 
 
 @pytest.fixture
-def no_automatic_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Neither the writer's backstop nor the row count may checkpoint behind the test's back.
+async def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[SqliteStore]:
+    """A store whose WAL is checkpointed only by what a test does or reports: neither the
+    writer's backstop nor the row count may checkpoint behind its back."""
     monkeypatch.setattr(sqlite, "WRITER_PRAGMAS", ("PRAGMA wal_autocheckpoint=0",))
     monkeypatch.setattr(sqlite, "CHECKPOINT_EVERY_ROWS", 10**9)
-
-
-@pytest.mark.usefixtures("no_automatic_checkpoints")
-async def test_a_commit_during_the_background_checkpoint_does_not_keep_the_wal_growing(
-    tmp_path: Path,
-) -> None:
-    path = tmp_path / "fhir.sqlite"
-    store = SqliteStore(path)
+    store = SqliteStore(tmp_path / "fhir.sqlite")
     await store.open()
     try:
-        for n in range(50):
-            await _write(store, n)
-        grown = _wal_frames(path)
-        assert grown > 50
-        # The background checkpoint copies everything committed so far while a transaction,
-        # begun before, commits after it: the WAL is never fully copied when a write starts.
-        async with store.transaction() as tx:
-            await tx.put(_patient(50), EMPTY_INDEX)
-            checkpointer = store._checkpointer
-            assert checkpointer is not None
-            side = sqlite3.connect(path, isolation_level=None)
-            assert side.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone() == (0, grown, grown)
-            side.close()
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("reported", [True, False], ids=["reported", "control"])
+async def test_a_commit_during_the_background_checkpoint_does_not_keep_the_wal_growing(
+    store: SqliteStore, reported: bool
+) -> None:
+    """The control leaves out the background checkpoint's report: every frame stays."""
+    path = store.path
+    for n in range(50):
+        await _write(store, n)
+    grown = _wal_frames(path)
+    assert grown > 50
+    # The background checkpoint copies everything committed so far while a transaction,
+    # begun before, commits after it: the WAL is never fully copied when a write starts.
+    async with store.transaction() as tx:
+        await tx.put(_patient(50), EMPTY_INDEX)
+        side = sqlite3.connect(path, isolation_level=None)
+        assert side.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone() == (0, grown, grown)
+        side.close()
+        checkpointer = store._checkpointer
+        assert checkpointer is not None
+        if reported:
             checkpointer.finished.set()
-        await _write(store, 51)
+    await _write(store, 51)
+    if reported:
         # The store restarted the WAL after that commit: the last write is all there is in it.
         assert _wal_frames(path) <= grown / 50
-    finally:
-        await store.close()
-
-
-@pytest.mark.usefixtures("no_automatic_checkpoints")
-async def test_without_the_store_restarting_it_the_wal_keeps_growing(tmp_path: Path) -> None:
-    """The control of the test above: the same steps with the background checkpoint's report
-    left out leave every frame in the WAL."""
-    path = tmp_path / "fhir.sqlite"
-    store = SqliteStore(path)
-    await store.open()
-    try:
-        for n in range(50):
-            await _write(store, n)
-        grown = _wal_frames(path)
-        async with store.transaction() as tx:
-            await tx.put(_patient(50), EMPTY_INDEX)
-            side = sqlite3.connect(path, isolation_level=None)
-            side.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            side.close()
-        await _write(store, 51)
+    else:
         assert _wal_frames(path) > grown
-    finally:
-        await store.close()
 
 
 async def test_steady_commits_keep_the_wal_short_without_the_writers_checkpoint(
@@ -123,9 +109,8 @@ async def test_steady_commits_keep_the_wal_short_without_the_writers_checkpoint(
         await store.close()
 
 
-@pytest.mark.usefixtures("no_automatic_checkpoints")
 async def test_after_a_large_commit_the_restart_waits_for_another_catch_up(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A merge chunk or a bundle commits thousands of frames, which the restart would copy
     with every write waiting (50-80 ms at 100,000 resources): the background copies them
@@ -138,25 +123,19 @@ async def test_after_a_large_commit_the_restart_waits_for_another_catch_up(
         restart_wal(conn)
 
     monkeypatch.setattr(sqlite, "_restart_wal", counted)
-    path = tmp_path / "fhir.sqlite"
-    store = SqliteStore(path)
-    await store.open()
-    try:
-        for n in range(50):
-            await _write(store, n)
-        checkpointer = store._checkpointer
-        assert checkpointer is not None
-        checkpointer.finished.set()  # a catch-up has just finished
-        with monkeypatch.context() as large:
-            large.setattr(sqlite, "THREAD_COMMIT_ROWS", 1)  # every commit counts as large
-            await _write(store, 50)
-        assert restarts == []
-        for _ in range(500):  # the catch-up asked for instead
-            if checkpointer.finished.is_set():
-                break
-            await asyncio.sleep(0.01)
-        assert checkpointer.finished.is_set()
-        await _write(store, 51)
-        assert len(restarts) == 1
-    finally:
-        await store.close()
+    for n in range(50):
+        await _write(store, n)
+    checkpointer = store._checkpointer
+    assert checkpointer is not None
+    checkpointer.finished.set()  # a catch-up has just finished
+    with monkeypatch.context() as large:
+        large.setattr(sqlite, "THREAD_COMMIT_ROWS", 1)  # every commit counts as large
+        await _write(store, 50)
+    assert restarts == []
+    for _ in range(500):  # the catch-up asked for instead
+        if checkpointer.finished.is_set():
+            break
+        await asyncio.sleep(0.01)
+    assert checkpointer.finished.is_set()
+    await _write(store, 51)
+    assert len(restarts) == 1
