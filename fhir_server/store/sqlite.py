@@ -46,8 +46,9 @@ from fhir_server.store.sqlite_search import (
     sort_expression,
 )
 from fhir_server.store.sqlite_terms import (
-    MERGE_CHUNK_END,
     MERGE_CHUNK_EVENTS,
+    MERGE_CHUNK_ROWS,
+    MERGE_CHUNK_TERMS,
     MERGE_EVENTS,
     MERGE_STAGED,
     MOVE_TO_TERMS,
@@ -433,33 +434,42 @@ def _drop_changed_indexes(conn: sqlite3.Connection, schema: str) -> None:
             conn.execute(f"DROP INDEX {name}")
 
 
-def _merge_staged(conn: sqlite3.Connection, events: int | None = None) -> int:
-    """Move the staged AuditEvent terms (of the first `events` staged events; all by default)
-    into `audit_terms` (sqlite_terms.py), inside the transaction open on `conn`. Returns
-    how many events were merged."""
-    if events is None:
-        last = conn.execute(f"SELECT max(rowid) FROM {STAGED}").fetchone()[0]
-    else:
-        last = conn.execute(MERGE_CHUNK_END, (events - 1,)).fetchone()[0]
+def _merge_staged(conn: sqlite3.Connection, last: int | None = None) -> None:
+    """Move the staged AuditEvent terms up to rowid `last` (all by default) into
+    `audit_terms` (sqlite_terms.py), inside the transaction open on `conn`."""
     if last is None:
-        return 0
-    merged = 0
+        last = conn.execute(f"SELECT max(rowid) FROM {STAGED}").fetchone()[0]
+        if last is None:
+            return
     for statement in MERGE_STAGED:
-        merged = conn.execute(statement, (last,)).rowcount  # the last one deletes the rows
-    return merged
+        conn.execute(statement, (last,))
 
 
-def _merge_chunk(conn: sqlite3.Connection) -> int:
-    """Merge the next chunk of staged events in a transaction of its own; how many events
-    it held."""
+def _chunk_end(conn: sqlite3.Connection) -> tuple[int | None, bool]:
+    """The last rowid of the next chunk of staged events (None when nothing is staged), and
+    whether a limit cut it short (more may be staged after it)."""
+    rows = conn.execute(MERGE_CHUNK_ROWS, (MERGE_CHUNK_EVENTS,)).fetchall()
+    terms = 0
+    for rowid, count in rows:
+        terms += count
+        if terms >= MERGE_CHUNK_TERMS:
+            return rowid, True
+    return (rows[-1][0] if rows else None), len(rows) == MERGE_CHUNK_EVENTS
+
+
+def _merge_chunk(conn: sqlite3.Connection) -> bool:
+    """Merge the next chunk of staged events in a transaction of its own; whether a limit cut
+    it short (more may be staged after it)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        merged = _merge_staged(conn, MERGE_CHUNK_EVENTS)
+        last, cut = _chunk_end(conn)
+        if last is not None:
+            _merge_staged(conn, last)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    return merged
+    return cut
 
 
 def _commit(conn: sqlite3.Connection, tx: SqliteTransaction) -> None:
@@ -592,9 +602,9 @@ class SqliteStore(Store):
         """Merge every staged AuditEvent term, a chunk a transaction (on a worker thread: a
         merge is one long statement in SQLite), letting queued writes in between chunks.
 
-        It stops at the first chunk that is not full: everything staged before then is
-        merged. Events staged meanwhile wait for the next merge; chasing them, a chunk of one
-        or two events after every request, cost each request 3-4 ms of merging."""
+        It stops at the first chunk that no limit cut short: everything staged before then
+        is merged. Events staged meanwhile wait for the next merge; chasing them, a chunk of
+        one or two events after every request, cost each request 3-4 ms of merging."""
         self._staged_events = 0
         while True:
             async with self._write_lock:
@@ -602,10 +612,10 @@ class SqliteStore(Store):
                 if conn is None:
                     raise StorageError("SQLite store is not open")
                 written = conn.total_changes
-                merged = await _on_thread(_guard, lambda conn=conn: _merge_chunk(conn))
+                cut = await _on_thread(_guard, lambda conn=conn: _merge_chunk(conn))
                 self._rows_written += conn.total_changes - written
                 await self._after_commit(conn, small=False)
-                if merged < MERGE_CHUNK_EVENTS:
+                if not cut:
                     return
 
     async def _after_commit(self, conn: sqlite3.Connection, small: bool) -> None:

@@ -118,20 +118,20 @@ async def test_replacing_a_staged_events_index_replaces_its_terms(tmp_path: Path
             assert bool(found) is expected, outcome
 
 
-async def test_a_merge_stops_once_it_has_caught_up_with_the_writes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Events staged while a merge runs wait for the next one: chasing them, the merge took a
-    chunk of one or two events after every request (3-4 ms each)."""
-    monkeypatch.setattr(sqlite_store, "MERGE_EVENTS", 5)
-    monkeypatch.setattr(sqlite_store, "MERGE_CHUNK_EVENTS", 3)
+async def _merge_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reads: int
+) -> list[list[int]]:
+    """The events each chunk of each merge took (one list per merge), over `reads` audited
+    reads and the store's close."""
     runs: list[list[int]] = []
     merge_chunk = sqlite_store._merge_chunk
 
-    def recorded(conn: sqlite3.Connection) -> int:
-        merged = merge_chunk(conn)
-        runs[-1].append(merged)
-        return merged
+    def recorded(conn: sqlite3.Connection) -> bool:
+        staged = f"SELECT count(*) FROM {sqlite_store.STAGED}"
+        before = conn.execute(staged).fetchone()[0]
+        cut = merge_chunk(conn)
+        runs[-1].append(before - conn.execute(staged).fetchone()[0])
+        return cut
 
     monkeypatch.setattr(sqlite_store, "_merge_chunk", recorded)
     async with _server(tmp_path) as (http, store):
@@ -142,11 +142,36 @@ async def test_a_merge_stops_once_it_has_caught_up_with_the_writes(
             await merge()
 
         monkeypatch.setattr(store, "_merge", run)
-        await _audited_patient(http, reads=40)
+        await _audited_patient(http, reads=reads)
         if store._merging is not None:
             await store._merging
+    return runs
+
+
+async def test_a_merge_stops_once_it_has_caught_up_with_the_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events staged while a merge runs wait for the next one: chasing them, the merge took a
+    chunk of one or two events after every request (3-4 ms each)."""
+    monkeypatch.setattr(sqlite_store, "MERGE_EVENTS", 5)
+    monkeypatch.setattr(sqlite_store, "MERGE_CHUNK_EVENTS", 3)
+    runs = await _merge_runs(tmp_path, monkeypatch, reads=40)
     assert len(runs) >= 5  # the background merges and the one at close
     for chunks in runs:
         # Full chunks, then one that is not: the merge ends there.
         assert all(merged == 3 for merged in chunks[:-1]), runs
         assert chunks[-1] < 3, runs
+
+
+async def test_a_merge_chunk_holds_a_bounded_number_of_terms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A search's event names a Patient per match: chunks are cut by terms as well as events,
+    and hold one event at least however many terms it has."""
+    monkeypatch.setattr(sqlite_store, "MERGE_EVENTS", 8)
+    monkeypatch.setattr(sqlite_store, "MERGE_CHUNK_EVENTS", 4)
+    monkeypatch.setattr(sqlite_store, "MERGE_CHUNK_TERMS", 1)  # fewer than any event has
+    runs = await _merge_runs(tmp_path, monkeypatch, reads=20)
+    merged = [n for chunks in runs for n in chunks]
+    assert sum(merged) >= 20
+    assert set(merged) <= {0, 1}, runs
