@@ -131,8 +131,8 @@ def _restart_wal(conn: sqlite3.Connection) -> None:
     rewinds the WAL only when a write finds it fully copied. The WAL then grew until the
     writer's own automatic checkpoint copied and fsynced 64 MB inside a commit (100-200 ms
     with every write waiting). Here the caller holds the write lock, and the few frames left
-    and their fsyncs take 1-20 ms (at 20,000 resources), once every `CHECKPOINT_EVERY_ROWS`
-    rows, on a worker thread so that reads go on meanwhile."""
+    and their fsyncs take 1-30 ms (1-20 at 20,000 resources, up to 30 at 100,000), once
+    every `CHECKPOINT_EVERY_ROWS` rows, on a worker thread so that reads go on meanwhile."""
     try:
         conn.execute(f"PRAGMA busy_timeout={RESTART_WAIT_MS}")
         try:
