@@ -8,7 +8,7 @@ import getpass
 import os
 import re
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -175,15 +175,18 @@ def test_users_unlock_and_list(run: Callable[..., Result], tmp_path: Path) -> No
     assert listing.exit_code == 0, listing.output
     rows = {line.split()[0]: line for line in listing.stdout.splitlines() if line.strip()}
     assert "insurer" in rows["alice"] and "Organization/payer-1" in rows["alice"]
-    today = datetime.now(UTC).strftime("%Y-%m-%d")
-    assert today in rows["alice"] and " no " in rows["alice"]
-    assert today not in rows["root"] and " yes " in rows["root"]
+    # The lock's end is minutes ahead: shortly before midnight (UTC) it is tomorrow.
+    now = datetime.now(UTC)
+    days = [(now + timedelta(days=n)).strftime("%Y-%m-%d") for n in (0, 1)]
+    assert any(day in rows["alice"] for day in days) and " no " in rows["alice"]
+    assert not any(day in rows["root"] for day in days) and " yes " in rows["root"]
     assert "$argon2" not in listing.output
 
     result = run("users", "unlock", "alice")
     assert result.exit_code == 0 and "unlocked alice" in result.stderr
     assert login(tmp_path, "alice", PASSWORD) == LoginStatus.OK
-    assert today not in run("users", "list").stdout
+    listed = run("users", "list").stdout
+    assert not any(day in listed for day in days)
 
 
 def test_users_totp_re_enrolls(run: Callable[..., Result], tmp_path: Path) -> None:
